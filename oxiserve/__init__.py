@@ -1,0 +1,1 @@
+"""oxiserve: a small, fast and dependable OpenAI-compatible inference server."""

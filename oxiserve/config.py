@@ -1,0 +1,129 @@
+"""The one place settings are declared: a frozen Config dataclass.
+
+CLI flags (``--sim-ttft-ms``) and environment variables (``OXISERVE_SIM_TTFT_MS``)
+are derived from the fields below; their help text is the field's ``help``
+metadata.  Add a setting here and it appears everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EngineName = Literal["sim", "oxillama"]
+SimMode = Literal["echo", "lorem", "fixed"]
+SimFailureKind = Literal["before_first_token", "mid_stream", "429", "503"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """All oxiserve settings, with their defaults."""
+
+    # Server
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(8000, "port to listen on (0 picks a free port)")
+    engine: EngineName = _opt("sim", "inference engine", choices=("sim", "oxillama"))
+    model_name: str = _opt("oxiserve-sim", "model id served (sim engine)")
+    log_level: LogLevel = _opt(
+        "info", "logging level", choices=("debug", "info", "warning", "error")
+    )
+    access_log: bool = _opt(True, "log one line per request at INFO")
+    shutdown_timeout: float = _opt(10.0, "seconds in-flight requests get to finish on shutdown")
+
+    # HTTP limits
+    max_header_bytes: int = _opt(16 * 1024, "max bytes of a request's header block (431)")
+    max_header_count: int = _opt(100, "max number of request header fields (431)")
+    max_body_bytes: int = _opt(10 * 1024 * 1024, "max request body bytes (413)")
+    header_timeout: float = _opt(10.0, "seconds to receive a request's headers")
+    body_timeout: float = _opt(30.0, "seconds to receive a request's body")
+    keepalive_timeout: float = _opt(15.0, "seconds an idle keep-alive connection is kept")
+    max_connections: int = _opt(1024, "max concurrent connections (more get 503)")
+    write_buffer_limit: int = _opt(
+        256 * 1024, "bytes buffered for a slow reader before the server stops writing"
+    )
+
+    # Streaming
+    sse_keepalive: float = _opt(15.0, "seconds of stream silence before a ': ping' comment")
+    stream_buffer: int = _opt(1024, "frames a stream keeps for slow or late readers")
+
+    # Simulator engine
+    sim_mode: SimMode = _opt("lorem", "simulated output", choices=("echo", "lorem", "fixed"))
+    sim_fixed_text: str = _opt(
+        "Hello! This is oxiserve's simulated answer.", "text of --sim-mode fixed"
+    )
+    sim_output_len: int = _opt(0, "cap on simulated output tokens (0: no cap)")
+    sim_default_max_tokens: int = _opt(16, "tokens produced when a request sets no max_tokens")
+    sim_ttft_ms: float = _opt(0.0, "simulated time to first token (ms)")
+    sim_ttft_jitter_ms: float = _opt(0.0, "uniform jitter added to the time to first token (ms)")
+    sim_itl_ms: float = _opt(0.0, "simulated inter-token latency (ms)")
+    sim_itl_jitter_ms: float = _opt(0.0, "uniform jitter added to the inter-token latency (ms)")
+    sim_failure_rate: float = _opt(0.0, "fraction of requests that fail (0..1)")
+    sim_failure_kind: SimFailureKind = _opt(
+        "before_first_token",
+        "how simulated failures happen",
+        choices=("before_first_token", "mid_stream", "429", "503"),
+    )
+    sim_seed: int = _opt(0, "seed of the simulator (same seed + same request = same output)")
+    sim_max_concurrency: int = _opt(0, "simulated engine slots; more requests get 503 (0: no limit)")
+    sim_embedding_dim: int = _opt(384, "length of simulated embedding vectors")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append("port must be in 0..65535")
+        if not 0.0 <= self.sim_failure_rate <= 1.0:
+            problems.append("sim_failure_rate must be in 0..1")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                problems.append(f"{f.name} must not be negative")
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                problems.append(f"{f.name} must be one of {', '.join(choices)}")
+        if self.stream_buffer < 2:
+            problems.append("stream_buffer must be at least 2")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Config:
+        """Build a Config from ``OXISERVE_*`` variables, then explicit overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(env_name(f.name))
+            if raw is not None:
+                values[f.name] = parse_value(f, raw)
+        values.update(overrides)
+        return cls(**values)
+
+
+def env_name(field_name: str) -> str:
+    return "OXISERVE_" + field_name.upper()
+
+
+def field_type(f: dataclasses.Field[Any]) -> type:
+    """The Python type a field's text form converts to (from its default)."""
+    return type(f.default)
+
+
+def parse_value(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = field_type(f)
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{env_name(f.name)}: expected a boolean, got {raw!r}")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{f.name}: expected {kind.__name__}, got {raw!r}") from None

@@ -1,0 +1,1 @@
+"""Inference engines: the protocol every engine speaks, and the built-in simulator."""

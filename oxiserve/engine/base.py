@@ -1,0 +1,166 @@
+"""The Engine protocol: what the API layer needs from any inference engine.
+
+An engine knows no HTTP and no OpenAI wire shapes.  It turns a prompt into a
+stream of text pieces (one per token) and inputs into embedding vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model an engine serves."""
+
+    id: str
+    created: int
+    owned_by: str = "oxiserve"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of a conversation, content already flattened to text."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the model may call (name, description, JSON schema of the arguments)."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """Everything an engine needs to produce one completion (one choice).
+
+    ``prompt`` is the text the engine continues; for chat requests it is the
+    rendered conversation and ``messages`` carries the structured form (the
+    simulator's echo mode answers with the last user message).  ``max_tokens``
+    None means "engine default".  ``stop`` handling is the API layer's job
+    (it must also catch stop strings split across tokens); engines may stop
+    early on them as an optimisation.  ``headers`` carries request metadata
+    an engine may honour (the simulator's ``x-sim-error``).
+    """
+
+    model: str
+    prompt: str
+    messages: tuple[ChatMessage, ...] = ()
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    choice_index: int = 0
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str | None = None  # None/"none"/"auto"/"required" or a function name
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """Log-probability of one produced token and its best alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call an engine decided to make (arguments as a JSON string)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts, filled in by the engine while it generates."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class EngineError(Exception):
+    """An engine failed to serve a request.
+
+    ``status`` is the HTTP status the API layer should answer with (429 and
+    503 are retryable and may carry ``retry_after`` seconds).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 500,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+class TokenStream(Protocol):
+    """The result of :meth:`Engine.generate`: an async iterator of text pieces.
+
+    Each item is the text of one token.  While iterating, ``usage`` is kept
+    current; after exhaustion ``finish_reason`` is set and ``tool_calls`` holds
+    any tool calls the engine made (then ``finish_reason == "tool_calls"``).
+    When ``request.logprobs`` is set, ``logprobs`` gets one entry per token,
+    appended before the token is yielded.  ``aclose()`` cancels generation at
+    once: no token is produced after it returns.
+    """
+
+    usage: Usage
+    finish_reason: FinishReason | None
+    tool_calls: list[ToolCall]
+    logprobs: list[TokenLogprob]
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+    def __anext__(self) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Engine(Protocol):
+    """What every engine provides."""
+
+    name: str
+
+    def models(self) -> Sequence[ModelInfo]: ...
+
+    def generate(self, request: GenerationRequest) -> TokenStream:
+        """Start a generation.  Errors before the first token are raised from the
+        first ``__anext__``; errors later from the ``__anext__`` that hits them."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    async def embed(
+        self, model: str, inputs: Sequence[str], dimensions: int | None = None
+    ) -> list[list[float]]: ...
+
+    async def close(self) -> None: ...
