@@ -71,7 +71,9 @@ class Config:
         choices=("before_first_token", "mid_stream", "429", "503"),
     )
     sim_seed: int = _opt(0, "seed of the simulator (same seed + same request = same output)")
-    sim_max_concurrency: int = _opt(0, "simulated engine slots; more requests get 503 (0: no limit)")
+    sim_max_concurrency: int = _opt(
+        0, "simulated engine slots; more requests get 503 (0: no limit)"
+    )
     sim_embedding_dim: int = _opt(384, "length of simulated embedding vectors")
 
     def __post_init__(self) -> None:

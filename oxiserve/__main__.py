@@ -1,0 +1,82 @@
+"""CLI: ``python -m oxiserve``; every flag is derived from a Config field."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from oxiserve.config import Config, env_name, field_type, parse_value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m oxiserve",
+        description="oxiserve: a small, fast OpenAI-compatible inference server. "
+        "Every option can also be set with the environment variable shown.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [env {env_name(f.name)}]"
+        if field_type(f) is bool:
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS, help=help_text + f" (default: {f.default})",
+            )  # fmt: skip
+            continue
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=_converter(f),
+            choices=f.metadata.get("choices"),
+            default=argparse.SUPPRESS,
+            help=help_text + f" (default: {f.default!r})",
+            metavar=f.name.upper(),
+        )
+    return parser
+
+
+def _converter(f: dataclasses.Field[Any]) -> Any:
+    def convert(raw: str) -> Any:
+        try:
+            return parse_value(f, raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = field_type(f).__name__
+    return convert
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> Config:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    try:
+        return Config.from_env(**args)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = config_from_args(argv)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from oxiserve.server import serve
+
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"oxiserve: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""OpenAI-compatible endpoints: each module registers its routes on a Router."""
+
+from __future__ import annotations
+
+from oxiserve.api import chat, completions, embeddings, models
+from oxiserve.api.state import AppState
+from oxiserve.http.router import Router
+
+
+def build_router(state: AppState) -> Router:
+    router = Router()
+    for module in (models, chat, completions, embeddings):
+        module.register(router, state)
+    return router

@@ -1,0 +1,209 @@
+"""POST /v1/chat/completions: validation, chat.completion and chat.completion.chunk shapes."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from oxiserve.api import chat_request
+from oxiserve.api.sampling import SamplingParams, read_sampling
+from oxiserve.api.state import AppState
+from oxiserve.api.streaming import ChoiceResult, StreamJob, collect, total_usage
+from oxiserve.engine.base import GenerationRequest, TokenLogprob, ToolCall, Usage
+from oxiserve.errors import APIError
+from oxiserve.http import sse
+from oxiserve.http.messages import Request, Response, StreamResponse, json_response
+from oxiserve.http.router import Router
+
+FINGERPRINT = "fp_oxiserve"
+
+
+def register(router: Router, state: AppState) -> None:
+    async def create(request: Request) -> Response | StreamResponse:
+        return await create_chat_completion(state, request)
+
+    router.add("POST", "/v1/chat/completions", create)
+
+
+async def create_chat_completion(state: AppState, request: Request) -> Response | StreamResponse:
+    body = request.json()
+    chat = chat_request.parse(body)
+    sampling = read_sampling(body)
+    model = state.model(chat.model).id
+    headers = {k: v for k, v in request.headers.items() if k.startswith("x-sim-")}
+    requests = [
+        GenerationRequest(
+            model=model,
+            prompt=chat.prompt,
+            messages=chat.messages,
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            stop=sampling.stop,
+            logprobs=sampling.logprobs,
+            top_logprobs=sampling.top_logprobs,
+            choice_index=index,
+            tools=chat.tools,
+            tool_choice=chat.tool_choice,
+            headers=headers,
+        )
+        for index in range(sampling.n)
+    ]
+    completion_id = "chatcmpl-" + os.urandom(12).hex()
+    created = int(time.time())
+    if not sampling.stream:
+        results = await collect(state.engine, requests, sampling.stop)
+        return json_response(completion_object(completion_id, created, model, results, sampling))
+    encoder = ChatChunkEncoder(completion_id, created, model)
+    job = StreamJob(
+        state.engine, requests, encoder,
+        stops=sampling.stop, include_usage=sampling.include_usage,
+        capacity=state.config.stream_buffer,
+    )  # fmt: skip
+    try:
+        await job.wait_started(state.config.sse_keepalive)
+    except BaseException:
+        job.task.cancel()
+        raise
+    return job.response(state.config.sse_keepalive)
+
+
+def completion_object(
+    completion_id: str,
+    created: int,
+    model: str,
+    results: Sequence[ChoiceResult],
+    sampling: SamplingParams,
+) -> dict[str, Any]:
+    choices = []
+    for result in results:
+        message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
+        if result.tool_calls:
+            message["content"] = result.text or None
+            message["tool_calls"] = [tool_call_object(call) for call in result.tool_calls]
+        choices.append(
+            {
+                "index": result.index,
+                "message": message,
+                "logprobs": (
+                    {"content": [logprob_object(lp) for lp in result.logprobs], "refusal": None}
+                    if sampling.logprobs
+                    else None
+                ),
+                "finish_reason": result.finish_reason,
+            }
+        )
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": FINGERPRINT,
+        "choices": choices,
+        "usage": usage_object(total_usage(results)),
+    }
+
+
+def usage_object(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+def tool_call_object(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+def logprob_object(lp: TokenLogprob) -> dict[str, Any]:
+    return {
+        "token": lp.token,
+        "logprob": lp.logprob,
+        "bytes": list(lp.token.encode("utf-8")),
+        "top_logprobs": [
+            {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode("utf-8"))}
+            for t in lp.top
+        ],
+    }
+
+
+_PLACEHOLDER = "\x00oxiserve\x00"
+
+
+class ChatChunkEncoder:
+    """chat.completion.chunk frames; text frames come from a pre-split template."""
+
+    def __init__(self, completion_id: str, created: int, model: str) -> None:
+        self._base = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": FINGERPRINT,
+        }
+        self._templates: dict[int, tuple[bytes, bytes]] = {}
+
+    def _frame(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return sse.data_frame(orjson.dumps({**self._base, "choices": choices, **extra}))
+
+    @staticmethod
+    def _choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    def text_template(self, index: int) -> tuple[bytes, bytes]:
+        template = self._templates.get(index)
+        if template is None:
+            frame = self._frame([self._choice(index, {"content": _PLACEHOLDER})])
+            prefix, _, suffix = frame.partition(orjson.dumps(_PLACEHOLDER))
+            template = self._templates[index] = (prefix, suffix)
+        return template
+
+    def text(self, index: int, text: str) -> bytes:
+        prefix, suffix = self.text_template(index)
+        return prefix + orjson.dumps(text) + suffix
+
+    def open(self, index: int) -> bytes | None:
+        return self._frame([self._choice(index, {"role": "assistant", "content": ""})])
+
+    def text_logprobs(self, index: int, text: str, logprobs: Sequence[TokenLogprob]) -> bytes:
+        choice = self._choice(index, {"content": text})
+        choice["logprobs"] = {"content": [logprob_object(lp) for lp in logprobs], "refusal": None}
+        return self._frame([choice])
+
+    def tool_calls(self, index: int, calls: Sequence[ToolCall]) -> list[bytes]:
+        frames = []
+        for position, call in enumerate(calls):
+            head = {
+                "index": position,
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            frames.append(self._frame([self._choice(index, {"tool_calls": [head]})]))
+            for piece in _pieces(call.arguments, 16):
+                delta = {"tool_calls": [{"index": position, "function": {"arguments": piece}}]}
+                frames.append(self._frame([self._choice(index, delta)]))
+        return frames
+
+    def finish(self, index: int, reason: str) -> bytes:
+        return self._frame([self._choice(index, {}, reason)])
+
+    def usage(self, usage: Usage) -> bytes:
+        return self._frame([], usage=usage_object(usage))
+
+    def error(self, error: APIError) -> bytes:
+        return sse.data_frame(error.encode())
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]

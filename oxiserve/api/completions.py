@@ -1,0 +1,195 @@
+"""POST /v1/completions: the legacy text completion API (text_completion objects)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from oxiserve.api import params
+from oxiserve.api.chat import usage_object
+from oxiserve.api.sampling import SamplingParams, read_sampling
+from oxiserve.api.state import AppState
+from oxiserve.api.streaming import ChoiceResult, StreamJob, collect, total_usage
+from oxiserve.engine.base import GenerationRequest, TokenLogprob, ToolCall, Usage
+from oxiserve.errors import APIError, InvalidRequest
+from oxiserve.http import sse
+from oxiserve.http.messages import Request, Response, StreamResponse, json_response
+from oxiserve.http.router import Router
+
+MAX_PROMPTS = 16
+
+
+def register(router: Router, state: AppState) -> None:
+    async def create(request: Request) -> Response | StreamResponse:
+        return await create_completion(state, request)
+
+    router.add("POST", "/v1/completions", create)
+
+
+def read_prompts(body: dict[str, Any]) -> list[str]:
+    """``prompt``: a string, a list of strings, a token-id list, or a list of token-id lists."""
+    raw = body.get("prompt")
+    if raw is None:
+        raise params.missing("prompt")
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, list) and raw:
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in raw):
+            return [" ".join(map(str, raw))]
+        if all(isinstance(p, str) for p in raw):
+            prompts = list(raw)
+        elif all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in raw):
+            prompts = [" ".join(map(str, p)) for p in raw]
+        else:
+            prompts = []
+        if len(prompts) > MAX_PROMPTS:
+            raise InvalidRequest(f"At most {MAX_PROMPTS} prompts per request.", param="prompt")
+        if prompts:
+            return prompts
+    raise InvalidRequest(
+        "Invalid 'prompt': expected a string, an array of strings, or token-id arrays.",
+        param="prompt",
+    )
+
+
+async def create_completion(state: AppState, request: Request) -> Response | StreamResponse:
+    body = params.require_object(request.json())
+    model = state.model(params.get_str(body, "model")).id
+    prompts = read_prompts(body)
+    sampling = read_sampling(body, chat=False)
+    echo = params.get_bool(body, "echo")
+    params.get_str(body, "suffix", None)
+    headers = {k: v for k, v in request.headers.items() if k.startswith("x-sim-")}
+    requests = [
+        GenerationRequest(
+            model=model,
+            prompt=prompt,
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            stop=sampling.stop,
+            logprobs=sampling.logprobs,
+            top_logprobs=sampling.top_logprobs,
+            choice_index=p * sampling.n + c,
+            headers=headers,
+        )
+        for p, prompt in enumerate(prompts)
+        for c in range(sampling.n)
+    ]
+    completion_id = "cmpl-" + os.urandom(12).hex()
+    created = int(time.time())
+    echoes = {r.choice_index: r.prompt for r in requests} if echo else {}
+    if not sampling.stream:
+        results = await collect(state.engine, requests, sampling.stop)
+        for result in results:
+            result.text = echoes.get(result.index, "") + result.text
+        return json_response(completion_object(completion_id, created, model, results, sampling))
+    encoder = CompletionChunkEncoder(completion_id, created, model, echoes)
+    job = StreamJob(
+        state.engine, requests, encoder,
+        stops=sampling.stop, include_usage=sampling.include_usage,
+        capacity=state.config.stream_buffer,
+    )  # fmt: skip
+    try:
+        await job.wait_started(state.config.sse_keepalive)
+    except BaseException:
+        job.task.cancel()
+        raise
+    return job.response(state.config.sse_keepalive)
+
+
+def completion_object(
+    completion_id: str,
+    created: int,
+    model: str,
+    results: Sequence[ChoiceResult],
+    sampling: SamplingParams,
+) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "text": r.text,
+                "index": r.index,
+                "logprobs": legacy_logprobs(r.logprobs) if sampling.logprobs else None,
+                "finish_reason": r.finish_reason,
+            }
+            for r in results
+        ],
+        "usage": usage_object(total_usage(results)),
+    }
+
+
+def legacy_logprobs(logprobs: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    offsets, position = [], offset
+    for lp in logprobs:
+        offsets.append(position)
+        position += len(lp.token)
+    return {
+        "tokens": [lp.token for lp in logprobs],
+        "token_logprobs": [lp.logprob for lp in logprobs],
+        "top_logprobs": [{t.token: t.logprob for t in lp.top} for lp in logprobs],
+        "text_offset": offsets,
+    }
+
+
+_PLACEHOLDER = "\x00oxiserve\x00"
+
+
+class CompletionChunkEncoder:
+    """text_completion stream frames (the legacy API streams the same object shape)."""
+
+    def __init__(
+        self, completion_id: str, created: int, model: str, echoes: dict[int, str]
+    ) -> None:
+        self._base = {
+            "id": completion_id, "object": "text_completion", "created": created, "model": model,
+        }  # fmt: skip
+        self._echoes = echoes
+        self._templates: dict[int, tuple[bytes, bytes]] = {}
+
+    def _frame(self, index: int, text: str, finish: str | None = None, **extra: Any) -> bytes:
+        choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish, **extra}
+        return sse.data_frame(orjson.dumps({**self._base, "choices": [choice]}))
+
+    def text_template(self, index: int) -> tuple[bytes, bytes]:
+        template = self._templates.get(index)
+        if template is None:
+            prefix, _, suffix = self._frame(index, _PLACEHOLDER).partition(
+                orjson.dumps(_PLACEHOLDER)
+            )
+            template = self._templates[index] = (prefix, suffix)
+        return template
+
+    def text(self, index: int, text: str) -> bytes:
+        prefix, suffix = self.text_template(index)
+        return prefix + orjson.dumps(text) + suffix
+
+    def open(self, index: int) -> bytes | None:
+        echo = self._echoes.get(index)
+        return self._frame(index, echo) if echo else None
+
+    def text_logprobs(self, index: int, text: str, logprobs: Sequence[TokenLogprob]) -> bytes:
+        return self._frame(index, text, logprobs=legacy_logprobs(logprobs))
+
+    def tool_calls(self, index: int, calls: Sequence[ToolCall]) -> list[bytes]:
+        return []
+
+    def finish(self, index: int, reason: str) -> bytes:
+        return self._frame(index, "", reason)
+
+    def usage(self, usage: Usage) -> bytes:
+        body = {**self._base, "choices": [], "usage": usage_object(usage)}
+        return sse.data_frame(orjson.dumps(body))
+
+    def error(self, error: APIError) -> bytes:
+        return sse.data_frame(error.encode())

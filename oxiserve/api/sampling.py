@@ -1,0 +1,65 @@
+"""Sampling and streaming parameters shared by chat completions and completions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from oxiserve.api import params
+from oxiserve.errors import InvalidRequest
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    seed: int | None
+    stop: tuple[str, ...]
+    n: int
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+    top_logprobs: int
+
+
+def read_sampling(body: dict[str, Any], *, chat: bool = True) -> SamplingParams:
+    max_tokens = params.get_int(body, "max_tokens", minimum=1)
+    if chat:
+        newer = params.get_int(body, "max_completion_tokens", minimum=1)
+        if newer is not None:
+            max_tokens = newer if max_tokens is None else min(max_tokens, newer)
+    stream = params.get_bool(body, "stream")
+    options = params.get_object(body, "stream_options")
+    if options is not None and not stream:
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+    include_usage = params.get_bool(options or {}, "include_usage")
+    params.get_number(body, "presence_penalty", minimum=-2.0, maximum=2.0)
+    params.get_number(body, "frequency_penalty", minimum=-2.0, maximum=2.0)
+    params.get_str(body, "user", None)
+    if chat:
+        logprobs = params.get_bool(body, "logprobs")
+        top_logprobs = params.get_int(body, "top_logprobs", 0, minimum=0, maximum=20)
+        if top_logprobs and not logprobs:
+            raise InvalidRequest(
+                "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs"
+            )
+    else:
+        # completions: logprobs is an integer count of alternatives (0..5)
+        count = params.get_int(body, "logprobs", minimum=0, maximum=5)
+        logprobs, top_logprobs = count is not None, count or 0
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=params.get_number(body, "temperature", minimum=0.0, maximum=2.0),
+        top_p=params.get_number(body, "top_p", minimum=0.0, maximum=1.0),
+        seed=params.get_int(body, "seed"),
+        stop=params.get_stop(body),
+        n=params.get_int(body, "n", 1, minimum=1, maximum=8),
+        stream=stream,
+        include_usage=include_usage,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+    )

@@ -1,0 +1,299 @@
+"""Engine token streams -> chunk frames in a broadcast topic (streaming) or results (non-stream).
+
+Shared by chat completions and completions; each supplies a ChunkEncoder for
+its wire shape.  The per-token hot path (no stop sequences, no logprobs) is a
+template concatenation and one ``Topic.publish_text``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import orjson
+
+from oxiserve.api.stops import StopMatcher
+from oxiserve.broadcast import Topic
+from oxiserve.engine.base import (
+    Engine,
+    EngineError,
+    GenerationRequest,
+    TokenLogprob,
+    TokenStream,
+    ToolCall,
+    Usage,
+)
+from oxiserve.errors import APIError, ServerError, error_for_status
+from oxiserve.http import sse
+from oxiserve.http.messages import BodyWriter, StreamResponse
+
+log = logging.getLogger("oxiserve.api")
+
+
+class ChunkEncoder(Protocol):
+    """Encodes one stream's frames (already SSE-framed) for a given wire shape."""
+
+    def text_template(self, index: int) -> tuple[bytes, bytes]:
+        """(prefix, suffix) such that prefix + orjson.dumps(text) + suffix is a text frame."""
+        ...
+
+    def text(self, index: int, text: str) -> bytes: ...
+
+    def open(self, index: int) -> bytes | None: ...
+
+    def text_logprobs(self, index: int, text: str, logprobs: Sequence[TokenLogprob]) -> bytes: ...
+
+    def tool_calls(self, index: int, calls: Sequence[ToolCall]) -> list[bytes]: ...
+
+    def finish(self, index: int, reason: str) -> bytes: ...
+
+    def usage(self, usage: Usage) -> bytes: ...
+
+    def error(self, error: APIError) -> bytes: ...
+
+
+@dataclass(slots=True)
+class ChoiceResult:
+    """What one choice produced (text is collected only when not streaming)."""
+
+    index: int
+    finish_reason: str = "stop"
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+
+
+def api_error(exc: EngineError) -> APIError:
+    return error_for_status(
+        exc.status, exc.message, code=exc.code or "engine_error", retry_after=exc.retry_after
+    )
+
+
+def total_usage(results: Sequence[ChoiceResult]) -> Usage:
+    prompt = results[0].usage.prompt_tokens if results else 0
+    return Usage(prompt, sum(r.usage.completion_tokens for r in results))
+
+
+async def run_choice(
+    stream: TokenStream,
+    result: ChoiceResult,
+    stops: tuple[str, ...],
+    emit: Callable[[str, list[TokenLogprob]], None],
+    on_first: Callable[[], None] | None = None,
+) -> None:
+    """Drive one engine stream through stop handling; ``emit`` gets safe text (+ its logprobs)."""
+    matcher = StopMatcher(stops) if stops else None
+    pending: list[TokenLogprob] = []
+    logprobs = stream.logprobs
+    started = False
+    try:
+        async for text in stream:
+            if not started:
+                started = True
+                if on_first is not None:
+                    on_first()
+            if logprobs:
+                pending.extend(logprobs)
+                logprobs.clear()
+            safe = matcher.feed(text) if matcher is not None else text
+            if safe:
+                emit(safe, pending)
+                pending = []
+            if matcher is not None and matcher.stopped:
+                break
+        if not started and on_first is not None:
+            on_first()
+        if matcher is not None:
+            tail = matcher.flush()
+            if tail:
+                emit(tail, pending)
+    finally:
+        await stream.aclose()
+    result.usage = stream.usage
+    result.tool_calls = list(stream.tool_calls)
+    if matcher is not None and matcher.stopped:
+        result.finish_reason = "stop"
+    else:
+        result.finish_reason = stream.finish_reason or "stop"
+
+
+async def collect(
+    engine: Engine, requests: Sequence[GenerationRequest], stops: tuple[str, ...]
+) -> list[ChoiceResult]:
+    """Non-streaming: run every choice to the end and return the results."""
+
+    async def one(request: GenerationRequest) -> ChoiceResult:
+        result = ChoiceResult(request.choice_index)
+        pieces: list[str] = []
+
+        def emit(text: str, logprobs: list[TokenLogprob]) -> None:
+            pieces.append(text)
+            result.logprobs.extend(logprobs)
+
+        await run_choice(engine.generate(request), result, stops, emit)
+        result.text = "".join(pieces)
+        return result
+
+    try:
+        if len(requests) == 1:
+            return [await one(requests[0])]
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(r)) for r in requests]
+        return [t.result() for t in tasks]
+    except EngineError as exc:
+        raise api_error(exc) from None
+    except ExceptionGroup as group_error:
+        raise _first_api_error(group_error) from None
+
+
+class StreamJob:
+    """One streamed generation: n engine streams publishing into one topic.
+
+    Created before generation starts, so its subscriber sees every frame.  An
+    engine failure before any frame is kept in ``error`` (answered as a plain
+    JSON error); after frames went out it becomes an in-stream error frame.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        requests: Sequence[GenerationRequest],
+        encoder: ChunkEncoder,
+        *,
+        stops: tuple[str, ...],
+        include_usage: bool,
+        capacity: int,
+        done_frame: bytes = sse.DONE,
+    ) -> None:
+        self.topic = Topic(capacity, encoder.text)
+        self.error: APIError | None = None
+        self.results: list[ChoiceResult] = []
+        self._engine = engine
+        self._requests = requests
+        self._encoder = encoder
+        self._stops = stops
+        self._include_usage = include_usage
+        self._done_frame = done_frame
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def wait_started(self, timeout: float) -> None:
+        """Wait for the first frame (or failure), at most ``timeout``; raise a pre-stream error."""
+        if timeout > 0:
+            # A slow first token: start the stream anyway, pings keep it alive.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.topic.wait_first(), timeout)
+        if self.error is not None:
+            raise self.error
+
+    def response(
+        self, keepalive: float, headers: tuple[tuple[str, str], ...] = ()
+    ) -> StreamResponse:
+        async def produce(writer: BodyWriter) -> None:
+            try:
+                await sse.pump(self.topic, writer, keepalive)
+            finally:
+                if not self.task.done():
+                    self.task.cancel()  # the client left: stop generating now
+
+        return StreamResponse(produce, headers=sse.SSE_HEADERS + headers)
+
+    async def _run(self) -> None:
+        topic, encoder = self.topic, self._encoder
+        try:
+            if len(self._requests) == 1:
+                self.results = [await self._choice(self._requests[0])]
+            else:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(self._choice(r)) for r in self._requests]
+                self.results = [t.result() for t in tasks]
+            if self._include_usage:
+                topic.publish(encoder.usage(total_usage(self.results)))
+            topic.close(self._done_frame)
+        except asyncio.CancelledError:
+            topic.close()
+            raise
+        except EngineError as exc:
+            self._fail(api_error(exc))
+        except ExceptionGroup as group_error:
+            self._fail(_first_api_error(group_error))
+        except Exception:
+            log.exception("generation failed")
+            self._fail(ServerError("The engine failed while generating."))
+
+    def _fail(self, error: APIError) -> None:
+        if self.topic.seq == 0:
+            self.error = error
+            self.topic.close()
+        else:
+            self.topic.close(self._encoder.error(error))
+
+    async def _choice(self, request: GenerationRequest) -> ChoiceResult:
+        index = request.choice_index
+        topic, encoder = self.topic, self._encoder
+        result = ChoiceResult(index)
+        stream = self._engine.generate(request)
+        opened = False
+
+        def open_choice() -> None:
+            nonlocal opened
+            opened = True
+            frame = encoder.open(index)
+            if frame is not None:
+                topic.publish(frame)
+
+        if self._stops or request.logprobs:
+
+            def emit(text: str, logprobs: list[TokenLogprob]) -> None:
+                if logprobs:
+                    topic.publish_text(text, index, encoder.text_logprobs(index, text, logprobs))
+                else:
+                    topic.publish_text(text, index)
+
+            await run_choice(stream, result, self._stops, emit, open_choice)
+        else:
+            await self._fast_choice(stream, index, result, open_choice)
+        if result.tool_calls:
+            for frame in encoder.tool_calls(index, result.tool_calls):
+                topic.publish(frame)
+        topic.publish(encoder.finish(index, result.finish_reason))
+        return result
+
+    async def _fast_choice(
+        self, stream: TokenStream, index: int, result: ChoiceResult, open_choice: Callable[[], None]
+    ) -> None:
+        """The hot path: one template concatenation and one publish per token."""
+        prefix, suffix = self._encoder.text_template(index)
+        publish, dumps = self.topic.publish_text, orjson.dumps
+        try:
+            iterator = stream.__aiter__()
+            try:
+                text = await iterator.__anext__()
+            except StopAsyncIteration:
+                open_choice()
+            else:
+                open_choice()
+                publish(text, index, prefix + dumps(text) + suffix)
+                async for text in iterator:
+                    publish(text, index, prefix + dumps(text) + suffix)
+        finally:
+            await stream.aclose()
+        result.usage = stream.usage
+        result.tool_calls = list(stream.tool_calls)
+        result.finish_reason = stream.finish_reason or "stop"
+
+
+def _first_api_error(group_error: BaseExceptionGroup[BaseException]) -> APIError:
+    for exc in group_error.exceptions:
+        if isinstance(exc, EngineError):
+            return api_error(exc)
+        if isinstance(exc, APIError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_api_error(exc)
+    log.error("generation failed", exc_info=group_error)
+    return ServerError("The engine failed while generating.")

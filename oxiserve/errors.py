@@ -1,0 +1,132 @@
+"""APIError family: every failure a client sees, as an HTTP status plus OpenAI's error body.
+
+Handlers raise these; one place (the connection) turns them into responses.
+The body shape is OpenAI's: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class APIError(Exception):
+    """Base class: an error answered with ``status`` and OpenAI's error body."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.body())
+
+
+class InvalidRequest(APIError):
+    """400: the request is malformed or a parameter is invalid."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(APIError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(APIError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str, *, param: str | None = "model") -> None:
+        super().__init__(f"The model '{model}' does not exist", param=param)
+
+
+class MethodNotAllowed(APIError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class RateLimited(APIError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class ServerError(APIError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+class Overloaded(APIError):
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+
+def error_body(
+    message: str, type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    retry_after: float | None = None,
+) -> APIError:
+    """An APIError for any status (engine failures, protocol errors)."""
+    error = APIError(message, code=code, param=param, status=status)
+    error.type = _TYPE_BY_STATUS.get(
+        status, "server_error" if status >= 500 else "invalid_request_error"
+    )
+    if retry_after is not None:
+        seconds = max(1, round(retry_after))
+        error.headers = (("retry-after", str(seconds)),)
+    return error

@@ -1,0 +1,514 @@
+"""One asyncio.Protocol per client connection: h11 parsing, limits, timeouts, flow control.
+
+A fresh ``h11.Connection`` parses each request (bytes left over from the
+previous one are carried across), so h11 is used only for what it is best at:
+parsing.  Responses are written with hand-built heads (``wire.py``).
+
+Life of a connection, one request at a time (pipelined requests wait their turn)::
+
+    IDLE --first byte--> HEADERS --Request--> BODY --EndOfMessage--> HANDLING
+      ^                                                                  |
+      +------------------------- response written, keep-alive ----------+
+    any phase --error/timeout/close--> CLOSED
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import h11
+
+from oxiserve.errors import APIError, MethodNotAllowed, NotFound, ServerError, error_for_status
+from oxiserve.http import wire
+from oxiserve.http.messages import AnyResponse, Request, Response, StreamResponse
+from oxiserve.http.router import Match
+
+if TYPE_CHECKING:
+    from oxiserve.http.context import ServerContext
+
+log = logging.getLogger("oxiserve.http")
+access_log = logging.getLogger("oxiserve.access")
+
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_FORBIDDEN_TRAILERS = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"content-type",
+        b"authorization",
+        b"trailer",
+    }
+)
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
+_BACKLOG_LIMIT = 256 * 1024  # pipelined bytes buffered while a request is handled
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"  # waiting for the first byte of a request
+    HEADERS = "headers"
+    BODY = "body"
+    HANDLING = "handling"  # handler running or response being written
+    LINGER = "linger"  # error sent; discarding input briefly so the client reads it
+    CLOSED = "closed"
+
+
+class Rejected(Exception):
+    """A request refused below the API layer (status, message, close after)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.phase = Phase.IDLE
+        self.deadline = ctx.loop.time() + ctx.config.header_timeout
+        self._parser = ctx.new_parser()
+        self._backlog = bytearray()
+        self._reading_paused = False
+        self._head: h11.Request | None = None
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._keep_alive = True
+        self._started = 0.0
+        self._request: Request | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._writer: ChunkedWriter | None = None
+        self._write_paused = False
+        self._status = 0
+        self._sent = 0
+        self._in_parse = False
+        self._eof = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.ctx.admit(self):
+            self._reject_now(503, "The server has too many open connections; retry later.")
+            self._close()
+            return
+        transport.set_write_buffer_limits(high=self.ctx.config.write_buffer_limit)
+
+    def data_received(self, data: bytes) -> None:
+        phase = self.phase
+        if phase is Phase.HANDLING:
+            self._backlog += data
+            if len(self._backlog) > _BACKLOG_LIMIT and not self._reading_paused:
+                self._reading_paused = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+            return
+        if phase is Phase.LINGER or phase is Phase.CLOSED:
+            return
+        if phase is Phase.IDLE:
+            self.phase = Phase.HEADERS
+            self.deadline = self.ctx.loop.time() + self.ctx.config.header_timeout
+        self._parser.receive_data(data)
+        self._parse()
+
+    def eof_received(self) -> bool:
+        if self.phase is Phase.HANDLING:
+            self._eof = True  # answer what was asked (pipelined too), then close
+            return True
+        if self.phase in (Phase.HEADERS, Phase.BODY):
+            self._parser.receive_data(b"")
+            self._parse()
+        self._close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.phase = Phase.CLOSED
+        self.ctx.release(self)
+        if self._writer is not None:
+            self._writer.lost()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._writer is not None:
+            self._writer.flow(paused=True)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._writer is not None:
+            self._writer.flow(paused=False)
+
+    # -- parsing ---------------------------------------------------------------------
+
+    def _parse(self) -> None:
+        self._in_parse = True
+        try:
+            while self.phase is Phase.HEADERS or self.phase is Phase.BODY:
+                event = self._parser.next_event()
+                kind = type(event)
+                if kind is h11.Request:
+                    self._on_head(event)  # type: ignore[arg-type]
+                elif kind is h11.Data:
+                    self._on_body(event.data)  # type: ignore[union-attr]
+                elif kind is h11.EndOfMessage:
+                    self._on_end(event)  # type: ignore[arg-type]
+                elif kind is h11.ConnectionClosed:
+                    self._close()
+                else:  # NEED_DATA (PAUSED cannot happen: we stop at EndOfMessage)
+                    return
+        except h11.RemoteProtocolError as exc:
+            self._reject_now(exc.error_status_hint, f"Malformed HTTP request: {exc}")
+        except Rejected as exc:
+            self._reject_now(exc.status, exc.message)
+        finally:
+            self._in_parse = False
+
+    def _on_head(self, head: h11.Request) -> None:
+        config = self.ctx.config
+        version = head.http_version
+        if version != b"1.1" and version != b"1.0":
+            raise Rejected(505, "HTTP version not supported; use HTTP/1.1.")
+        headers = head.headers
+        if len(headers) > config.max_header_count:
+            raise Rejected(431, f"Too many header fields (limit {config.max_header_count}).")
+        size = len(head.target) + len(head.method) + 12
+        has_length = has_chunked = False
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            if _BAD_VALUE.search(value):
+                raise Rejected(400, "Control character in a header value.")
+            if name == b"content-length":
+                has_length = True
+            elif name == b"transfer-encoding":
+                has_chunked = True
+        if size > config.max_header_bytes:
+            raise Rejected(
+                431, f"Request header block too large (limit {config.max_header_bytes})."
+            )
+        if has_chunked and (has_length or version == b"1.0"):
+            raise Rejected(400, "Transfer-Encoding is not allowed with Content-Length or HTTP/1.0.")
+        target = head.target
+        if not target.startswith(b"/") and not (target == b"*" and head.method == b"OPTIONS"):
+            raise Rejected(400, "Invalid request target.")
+        self._head = head
+        self._started = self.ctx.loop.time()
+        self._keep_alive = _wants_keep_alive(head)
+        if has_length:
+            declared = int(headers_get(headers, b"content-length") or 0)
+            if declared > config.max_body_bytes:
+                raise Rejected(
+                    413, f"Request body too large (limit {config.max_body_bytes} bytes)."
+                )
+        self.phase = Phase.BODY
+        self.deadline = self._started + config.body_timeout
+        if self._parser.they_are_waiting_for_100_continue and self.transport is not None:
+            self.transport.write(wire.CONTINUE)
+
+    def _on_body(self, data: bytes | bytearray) -> None:
+        self._body_size += len(data)
+        if self._body_size > self.ctx.config.max_body_bytes:
+            raise Rejected(
+                413, f"Request body too large (limit {self.ctx.config.max_body_bytes} bytes)."
+            )
+        self._body.append(bytes(data))
+
+    def _on_end(self, end: h11.EndOfMessage) -> None:
+        for name, _ in end.headers:
+            if name in _FORBIDDEN_TRAILERS:
+                raise Rejected(400, f"Forbidden trailer field {name.decode('latin-1')}.")
+        head = self._head
+        assert head is not None
+        self.phase = Phase.HANDLING
+        target = head.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        headers: dict[str, str] = {}
+        for name, value in head.headers:
+            key = name.decode("latin-1")
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        given_id = headers.get("x-request-id")
+        request_id = given_id if given_id and _REQUEST_ID.fullmatch(given_id) else self.ctx.new_id()
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body = []
+        self._body_size = 0
+        request = Request(
+            head.method.decode("ascii"), path, query, headers, body, request_id,
+            head.http_version.decode("ascii"),
+        )  # fmt: skip
+        self._request = request
+        self._dispatch(request)
+
+    # -- dispatch and responses --------------------------------------------------------
+
+    def _dispatch(self, request: Request) -> None:
+        route = self.ctx.router.match(request.method, request.path)
+        if type(route) is Match:
+            request.params = route.params
+            if route.endpoint.is_async:
+                self._task = self.ctx.loop.create_task(self._run(route.endpoint.handler, request))
+                return
+            try:
+                response = route.endpoint.handler(request)
+            except Exception as exc:
+                response = self._error_response(exc)
+            if type(response) is Response:
+                self._send(response)
+            else:
+                self._task = self.ctx.loop.create_task(self._run(lambda _r: response, request))
+        elif route is None:
+            self._send(_error(NotFound(f"No route for {request.method} {request.path}.")))
+        else:
+            allow = ", ".join(route.allow)  # type: ignore[union-attr]
+            error = MethodNotAllowed(f"Method {request.method} not allowed; allowed: {allow}.")
+            error.headers = (("allow", allow),)
+            self._send(_error(error))
+
+    async def _run(self, handler: Callable[[Request], object], request: Request) -> None:
+        try:
+            response = handler(request)
+            if not isinstance(response, Response | StreamResponse):
+                response = await response  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            response = self._error_response(exc)
+        if isinstance(response, Response):
+            self._send(response)
+        else:
+            await self._stream(response)
+
+    def _error_response(self, exc: Exception) -> Response:
+        if isinstance(exc, APIError):
+            return _error(exc)
+        request = self._request
+        log.exception(
+            "unhandled error in %s %s (request %s)",
+            request and request.method, request and request.path, request and request.request_id,
+        )  # fmt: skip
+        return _error(ServerError("The server had an error while processing your request."))
+
+    def _send(self, response: Response) -> None:
+        transport, request = self.transport, self._request
+        if transport is None or request is None or self.phase is Phase.CLOSED:
+            return
+        close = not self._keep_alive or self.ctx.closing
+        body = response.body
+        head = wire.response_head(
+            response.status, response.content_type, request.request_id,
+            content_length=len(body), headers=response.headers, close=close,
+        )  # fmt: skip
+        if request.method == "HEAD":
+            transport.write(head)
+        else:
+            transport.write(head + body)
+        self._status = response.status
+        self._sent = len(body)
+        self._finish_cycle(close)
+
+    async def _stream(self, response: StreamResponse) -> None:
+        transport, request = self.transport, self._request
+        if transport is None or request is None or self.phase is Phase.CLOSED:
+            return
+        head = wire.response_head(
+            response.status, response.content_type, request.request_id,
+            content_length=None, headers=response.headers, close=not self._keep_alive,
+        )  # fmt: skip
+        transport.write(head)
+        self._status = response.status
+        writer = self._writer = ChunkedWriter(transport, self._write_paused)
+        try:
+            if request.method != "HEAD":
+                await response.producer(writer)
+        except Exception:
+            # The head is out: the only honest signal left is a broken chunked body.
+            log.exception("stream failed (request %s)", request.request_id)
+            transport.abort()
+            return
+        finally:
+            self._writer = None
+            self._sent = writer.sent
+        if not self.closed:  # the client may have left while we streamed
+            transport.write(wire.LAST_CHUNK)
+            self._finish_cycle(not self._keep_alive or self.ctx.closing)
+
+    def _finish_cycle(self, close: bool) -> None:
+        request = self._request
+        if request is not None and self.ctx.access_log:
+            access_log.info(
+                '%s %s %d %d %.1fms id=%s', request.method, request.path, self._status,
+                self._sent, (self.ctx.loop.time() - self._started) * 1000, request.request_id,
+            )  # fmt: skip
+        self.ctx.count_request(self._status)
+        self._request = None
+        self._task = None
+        leftover, _ = self._parser.trailing_data
+        pending = leftover + bytes(self._backlog) if self._backlog else leftover
+        if close or (self._eof and not pending):
+            self._close()
+            return
+        self._parser = self.ctx.new_parser()
+        self._backlog = bytearray()
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        if not pending:
+            self.phase = Phase.IDLE
+            self.deadline = self.ctx.loop.time() + self.ctx.config.keepalive_timeout
+            return
+        # Pipelined bytes: parse them now.  Inside _parse, its loop picks them up
+        # (no recursion, however many requests arrived in one packet).
+        self.phase = Phase.HEADERS
+        self.deadline = self.ctx.loop.time() + self.ctx.config.header_timeout
+        self._parser.receive_data(pending)
+        if self._eof:
+            self._parser.receive_data(b"")
+        if not self._in_parse:
+            self._parse()
+
+    # -- errors, timeouts, closing -------------------------------------------------------
+
+    def _reject_now(self, status: int, message: str) -> None:
+        """Answer a protocol-level error and close; nothing after it is parsed."""
+        transport = self.transport
+        if transport is None or self.phase is Phase.CLOSED:
+            return
+        error = error_for_status(status, message, code=_code_for(status))
+        body = error.encode()
+        request_id = self._request.request_id if self._request else self.ctx.new_id()
+        transport.write(
+            wire.response_head(status, "application/json", request_id,
+                               content_length=len(body), close=True) + body
+        )  # fmt: skip
+        self._status, self._sent = status, len(body)
+        self.ctx.count_request(status)
+        log.info("rejected connection request: %d %s", status, message)
+        # Linger: stop reading requests, but keep draining input for a moment so the
+        # client is not reset before it reads the error.
+        self.phase = Phase.LINGER
+        self.deadline = self.ctx.loop.time() + 1.0
+        if transport.can_write_eof():
+            transport.write_eof()
+
+    def check_timeout(self, now: float) -> None:
+        """Called by the server's sweep; closes connections past their deadline."""
+        phase = self.phase
+        if phase is Phase.HANDLING or phase is Phase.CLOSED or now < self.deadline:
+            return
+        if phase is Phase.HEADERS or phase is Phase.BODY:
+            self._reject_now(408, "Timed out reading the request.")
+            self.phase = Phase.CLOSED
+        self._close()
+
+    def shutdown(self) -> None:
+        """Server shutdown: idle connections close now, busy ones after their response."""
+        if self.phase is not Phase.HANDLING:
+            self._close()
+        else:
+            self._keep_alive = False
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _close(self) -> None:
+        self.phase = Phase.CLOSED
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    @property
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport else 0
+
+
+class ChunkedWriter:
+    """The BodyWriter handed to streaming responses: chunk framing plus flow state."""
+
+    __slots__ = ("_lost", "_on_pause", "_on_resume", "_paused", "_transport", "sent")
+
+    def __init__(self, transport: asyncio.Transport, paused: bool) -> None:
+        self._transport = transport
+        self._paused = paused
+        self._lost: asyncio.Future[None] | None = None
+        self._on_pause: Callable[[], None] | None = None
+        self._on_resume: Callable[[], None] | None = None
+        self.sent = 0
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def closed(self) -> bool:
+        return self._transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.sent += len(data)
+            self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+    def set_flow_listener(
+        self, on_pause: Callable[[], None] | None, on_resume: Callable[[], None] | None
+    ) -> None:
+        self._on_pause, self._on_resume = on_pause, on_resume
+
+    async def wait_closed(self) -> None:
+        if self._transport.is_closing():
+            return
+        if self._lost is None:
+            self._lost = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._lost)
+
+    def flow(self, *, paused: bool) -> None:
+        self._paused = paused
+        listener = self._on_pause if paused else self._on_resume
+        if listener is not None:
+            listener()
+
+    def lost(self) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+
+def _error(error: APIError) -> Response:
+    return Response(error.encode(), error.status, "application/json", error.headers)
+
+
+def _wants_keep_alive(head: h11.Request) -> bool:
+    tokens = b",".join(v for n, v in head.headers if n == b"connection").lower()
+    if head.http_version == b"1.0":
+        return False  # we never send HTTP/1.0 keep-alive responses
+    return b"close" not in tokens
+
+
+def headers_get(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _code_for(status: int) -> str:
+    return {
+        400: "bad_request",
+        408: "request_timeout",
+        413: "request_too_large",
+        431: "headers_too_large",
+        501: "not_implemented",
+        503: "too_many_connections",
+        505: "http_version_not_supported",
+    }.get(status, "http_error")
+
+
+__all__ = ["AnyResponse", "ChunkedWriter", "Connection", "Phase"]

@@ -1,0 +1,85 @@
+"""Per-server state shared by its connections: config, router, registry, timeout sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import h11
+
+from oxiserve.config import Config
+from oxiserve.http.router import Router
+
+if TYPE_CHECKING:
+    from oxiserve.http.connection import Connection
+
+
+class ServerContext:
+    """Everything a Connection needs from its server; one per Server instance."""
+
+    def __init__(self, config: Config, router: Router, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.router = router
+        self.loop = loop
+        self.connections: set[Connection] = set()
+        self.closing = False
+        self.access_log = config.access_log and logging.getLogger("oxiserve.access").isEnabledFor(
+            logging.INFO
+        )
+        self.responses: Counter[int] = Counter()
+        self.rejected_connections = 0
+        self._ids = itertools.count(1)
+        self._id_prefix = "req_" + os.urandom(6).hex()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Event | None = None
+        shortest = min(config.header_timeout, config.body_timeout, config.keepalive_timeout)
+        self._tick = min(1.0, max(0.01, shortest / 4))
+
+    def new_parser(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)
+
+    def new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):06x}"
+
+    def admit(self, conn: Connection) -> bool:
+        if self.closing or len(self.connections) >= self.config.max_connections:
+            self.rejected_connections += 1
+            return False
+        self.connections.add(conn)
+        return True
+
+    def release(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._drained is not None:
+            self._drained.set()
+
+    async def drained(self) -> None:
+        """Returns when no connection is left (used during shutdown)."""
+        if self.connections:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
+
+    def count_request(self, status: int) -> None:
+        self.responses[status] += 1
+
+    def start_sweeping(self) -> None:
+        self._sweeper = self.loop.call_later(self._tick, self._sweep)
+
+    def stop_sweeping(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.check_timeout(now)
+        self._sweeper = self.loop.call_later(self._tick, self._sweep)
+
+    def buffered_bytes(self) -> int:
+        """Bytes waiting in all connections' write buffers (slow readers)."""
+        return sum(conn.buffered for conn in self.connections)

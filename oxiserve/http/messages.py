@@ -1,0 +1,105 @@
+"""Request and response types passed between the connection and handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+import orjson
+
+from oxiserve.errors import InvalidRequest
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class Request:
+    """One parsed HTTP request with its whole body.
+
+    ``headers`` maps lower-case names to values (repeated fields joined with
+    ", " as RFC 9110 allows); ``params`` holds the router's ``{param}`` values.
+    """
+
+    method: str
+    path: str
+    query_string: str
+    headers: dict[str, str]
+    body: bytes
+    request_id: str
+    http_version: str = "1.1"
+    params: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name, default)
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(parse_qsl(self.query_string, keep_blank_values=True))
+
+    def json(self) -> Any:
+        """The body parsed as JSON; 400 with a clear message when it is not."""
+        if not self.body:
+            raise InvalidRequest("The request body is empty; expected a JSON object.")
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+
+
+@dataclass(slots=True)
+class Response:
+    """A complete response (JSON by default)."""
+
+    body: bytes
+    status: int = 200
+    content_type: str = "application/json"
+    headers: Headers = ()
+
+
+def json_response(obj: Any, status: int = 200, headers: Headers = ()) -> Response:
+    return Response(orjson.dumps(obj), status, "application/json", headers)
+
+
+class BodyWriter(Protocol):
+    """What a streaming response writes to: chunked framing is done for it.
+
+    ``write`` never blocks; when the client reads slowly the connection calls
+    the registered pause listener and the stream should stop writing until the
+    resume listener is called (buffered bytes stay bounded).
+    """
+
+    @property
+    def paused(self) -> bool: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def set_flow_listener(
+        self, on_pause: Callable[[], None] | None, on_resume: Callable[[], None] | None
+    ) -> None: ...
+
+    async def wait_closed(self) -> None:
+        """Returns when the client has gone away."""
+        ...
+
+
+StreamProducer = Callable[[BodyWriter], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class StreamResponse:
+    """A chunked response whose body ``producer`` writes while the head is already out."""
+
+    producer: StreamProducer
+    status: int = 200
+    content_type: str = "text/event-stream"
+    headers: Headers = ()
+
+
+AnyResponse = Response | StreamResponse
+SyncHandler = Callable[[Request], AnyResponse]
+AsyncHandler = Callable[[Request], Awaitable[AnyResponse]]

@@ -1,0 +1,130 @@
+"""Server: binds a listening socket inside the caller's event loop and serves the API.
+
+Embedding::
+
+    async with Server(Config(port=0)) as server:
+        print(server.url)          # http://127.0.0.1:54321
+        ...                        # leaving the block shuts down gracefully
+
+Several servers can run in one process; nothing is global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from types import TracebackType
+
+from oxiserve.api import build_router
+from oxiserve.api.state import AppState
+from oxiserve.config import Config
+from oxiserve.engine.base import Engine
+from oxiserve.http.connection import Connection
+from oxiserve.http.context import ServerContext
+
+log = logging.getLogger("oxiserve")
+
+
+def create_engine(config: Config) -> Engine:
+    if config.engine == "sim":
+        from oxiserve.engine.sim import SimEngine
+
+        return SimEngine(config)
+    from oxiserve.engine.oxillama import OxillamaEngine  # type: ignore[import-not-found]
+
+    engine: Engine = OxillamaEngine(config)
+    return engine
+
+
+class Server:
+    """One oxiserve instance: engine, routes, connections, listening socket."""
+
+    def __init__(self, config: Config | None = None, *, engine: Engine | None = None) -> None:
+        self.config = config or Config()
+        self._engine = engine
+        self._server: asyncio.Server | None = None
+        self._ctx: ServerContext | None = None
+        self.state: AppState | None = None
+        self.host = self.config.host
+        self.port = self.config.port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def context(self) -> ServerContext:
+        if self._ctx is None:
+            raise RuntimeError("server is not started")
+        return self._ctx
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        loop = asyncio.get_running_loop()
+        engine = self._engine or create_engine(self.config)
+        self.state = AppState(self.config, engine)
+        ctx = self._ctx = ServerContext(self.config, build_router(self.state), loop)
+        self._server = await loop.create_server(
+            lambda: Connection(ctx), self.config.host, self.config.port, backlog=2048
+        )
+        sockname = self._server.sockets[0].getsockname()
+        self.host, self.port = sockname[0], sockname[1]
+        ctx.start_sweeping()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``timeout``), then close."""
+        server, ctx = self._server, self._ctx
+        if server is None or ctx is None:
+            return
+        self._server = None
+        ctx.closing = True
+        server.close()
+        for conn in list(ctx.connections):
+            conn.shutdown()
+        limit = self.config.shutdown_timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(ctx.drained(), limit)
+        except TimeoutError:
+            log.warning("shutdown timeout: closing %d busy connections", len(ctx.connections))
+        for conn in list(ctx.connections):
+            conn.abort()
+        # Let aborted connections run connection_lost (cancels their handlers).
+        for _ in range(3):
+            await asyncio.sleep(0)
+        ctx.stop_sweeping()
+        await server.wait_closed()
+        if self.state is not None:
+            await self.state.engine.close()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def serve(config: Config) -> None:
+    """Run a server until SIGINT/SIGTERM, then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = Server(config)
+    await server.start()
+    engine = server.state.engine.name if server.state else config.engine
+    print(f"oxiserve listening on {server.url} (engine={engine})", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down (up to %.1fs for in-flight requests)", config.shutdown_timeout)
+        await server.stop()
