@@ -18,11 +18,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m oxiserve",
         description="oxiserve: a small, fast OpenAI-compatible inference server. "
         "Every option can also be set with the environment variable shown.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=36, width=100),
     )
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} [env {env_name(f.name)}]"
+        if f.metadata.get("choices"):
+            help_text = (
+                f"{f.metadata['help']}: {', '.join(f.metadata['choices'])} [env {env_name(f.name)}]"
+            )
         if field_type(f) is bool:
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction,

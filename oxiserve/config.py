@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-EngineName = Literal["sim", "oxillama"]
+EngineName = Literal["sim"]  # "oxillama" joins when the real engine lands
 SimMode = Literal["echo", "lorem", "fixed"]
 SimFailureKind = Literal["before_first_token", "mid_stream", "429", "503"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -29,7 +29,7 @@ class Config:
     # Server
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8000, "port to listen on (0 picks a free port)")
-    engine: EngineName = _opt("sim", "inference engine", choices=("sim", "oxillama"))
+    engine: EngineName = _opt("sim", "inference engine", choices=("sim",))
     model_name: str = _opt("oxiserve-sim", "model id served (sim engine)")
     log_level: LogLevel = _opt(
         "info", "logging level", choices=("debug", "info", "warning", "error")

@@ -28,14 +28,12 @@ log = logging.getLogger("oxiserve")
 
 
 def create_engine(config: Config) -> Engine:
+    """The engine ``config.engine`` names (imported only when chosen)."""
     if config.engine == "sim":
         from oxiserve.engine.sim import SimEngine
 
         return SimEngine(config)
-    from oxiserve.engine.oxillama import OxillamaEngine  # type: ignore[import-not-found]
-
-    engine: Engine = OxillamaEngine(config)
-    return engine
+    raise ValueError(f"unknown engine {config.engine!r}")
 
 
 class Server:
