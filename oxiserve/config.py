@@ -52,6 +52,11 @@ class Config:
     # Streaming
     sse_keepalive: float = _opt(15.0, "seconds of stream silence before a ': ping' comment")
     stream_buffer: int = _opt(1024, "frames a stream keeps for slow or late readers")
+    stream_coalesce_ms: float = _opt(
+        1.0,
+        "while a stream is busy, frames are gathered into one write per this many ms "
+        "(the first frames and any frame after a quiet spell go out at once; 0: never gather)",
+    )
 
     # Simulator engine
     sim_mode: SimMode = _opt("lorem", "simulated output", choices=("echo", "lorem", "fixed"))

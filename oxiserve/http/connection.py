@@ -27,6 +27,7 @@ from oxiserve.errors import APIError, MethodNotAllowed, NotFound, ServerError, e
 from oxiserve.http import wire
 from oxiserve.http.messages import AnyResponse, Request, Response, StreamResponse
 from oxiserve.http.router import Match
+from oxiserve.http.writer import ChunkedWriter
 
 if TYPE_CHECKING:
     from oxiserve.http.context import ServerContext
@@ -323,7 +324,9 @@ class Connection(asyncio.Protocol):
         )  # fmt: skip
         transport.write(head)
         self._status = response.status
-        writer = self._writer = ChunkedWriter(transport, self._write_paused)
+        writer = self._writer = ChunkedWriter(
+            transport, self.ctx.loop, self.ctx.config.stream_coalesce_ms / 1000, self._write_paused
+        )
         try:
             if request.method != "HEAD":
                 await response.producer(writer)
@@ -335,6 +338,7 @@ class Connection(asyncio.Protocol):
         finally:
             self._writer = None
             self._sent = writer.sent
+            writer.finish()
         if not self.closed:  # the client may have left while we streamed
             transport.write(wire.LAST_CHUNK)
             self._finish_cycle(not self._keep_alive or self.ctx.closing)
@@ -430,55 +434,6 @@ class Connection(asyncio.Protocol):
     @property
     def buffered(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport else 0
-
-
-class ChunkedWriter:
-    """The BodyWriter handed to streaming responses: chunk framing plus flow state."""
-
-    __slots__ = ("_lost", "_on_pause", "_on_resume", "_paused", "_transport", "sent")
-
-    def __init__(self, transport: asyncio.Transport, paused: bool) -> None:
-        self._transport = transport
-        self._paused = paused
-        self._lost: asyncio.Future[None] | None = None
-        self._on_pause: Callable[[], None] | None = None
-        self._on_resume: Callable[[], None] | None = None
-        self.sent = 0
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    @property
-    def closed(self) -> bool:
-        return self._transport.is_closing()
-
-    def write(self, data: bytes) -> None:
-        if data:
-            self.sent += len(data)
-            self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-
-    def set_flow_listener(
-        self, on_pause: Callable[[], None] | None, on_resume: Callable[[], None] | None
-    ) -> None:
-        self._on_pause, self._on_resume = on_pause, on_resume
-
-    async def wait_closed(self) -> None:
-        if self._transport.is_closing():
-            return
-        if self._lost is None:
-            self._lost = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._lost)
-
-    def flow(self, *, paused: bool) -> None:
-        self._paused = paused
-        listener = self._on_pause if paused else self._on_resume
-        if listener is not None:
-            listener()
-
-    def lost(self) -> None:
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
 
 
 def _error(error: APIError) -> Response:

@@ -1,0 +1,425 @@
+"""The simulator engine: deterministic, model-free token streams for tests and load tests.
+
+Everything a request gets (text, logprobs, failures, tool calls) comes from a
+``random.Random`` seeded with a stable hash of the simulator seed and the
+request, so the same request always gets the same answer.  A generation is
+planned when it is created (:func:`_plan`) and played back by :class:`SimStream`.
+
+At zero latency each token costs exactly one event-loop iteration (a bare
+``yield`` to the task, as ``asyncio.sleep(0)`` does) and little else: tokens
+are made in chunks, the per-token path is a few attribute updates, and
+anything rare (start, chunk refill, failure, finish) happens only where the
+current chunk ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import struct
+import types
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from random import Random
+from typing import Any
+
+import orjson
+
+from oxiserve.config import Config
+from oxiserve.engine import sim_text
+from oxiserve.engine.base import (
+    EngineError,
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    TokenLogprob,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
+
+CHUNK = 256  # tokens made at a time
+MODEL_CREATED = 1_735_689_600  # 2025-01-01T00:00:00Z: fixed, so /v1/models is reproducible
+_NO_FAILURE = -1
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """An error the plan says a generation runs into."""
+
+    message: str
+    status: int = 500
+    code: str = "engine_error"
+    retry_after: float | None = None
+
+    def error(self) -> EngineError:
+        return EngineError(
+            self.message, status=self.status, code=self.code, retry_after=self.retry_after
+        )
+
+
+_KIND_FAILURES = {
+    "before_first_token": _Failure("simulated engine failure before the first token"),
+    "mid_stream": _Failure("simulated engine failure in the middle of the stream"),
+    "429": _Failure("simulated rate limit", 429, "rate_limit_exceeded", 1.0),
+    "503": _Failure("simulated overload", 503, "engine_overloaded", 1.0),
+}
+_STATUS_CODES = {429: "rate_limit_exceeded", 503: "engine_overloaded"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one generation will do; ``fail_at`` tokens are produced before ``failure``."""
+
+    rng: Random
+    seed: int
+    count: int  # text tokens to produce
+    reason: FinishReason  # finish reason once they are produced
+    pieces: list[str] | None  # echo/fixed text; None means lorem
+    tool: ToolSpec | None
+    fail_at: int
+    failure: _Failure | None
+    ttft: float  # seconds
+
+
+def _request_seed(config: Config, request: GenerationRequest) -> int:
+    """A stable 128-bit hash of what makes two requests the same (not ``hash()``: salted)."""
+    parts = [str(config.sim_seed), str(request.seed), request.model, request.prompt]
+    parts += [str(request.max_tokens), str(request.choice_index)]
+    parts += [f"{m.role}\0{m.content}" for m in request.messages]
+    material = "".join([f"{len(part)}:{part}" for part in parts])  # unambiguous
+    digest = hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=16)
+    return int.from_bytes(digest.digest(), "little")
+
+
+def _header_failure(headers: Mapping[str, str], count: int) -> tuple[_Failure, int] | None:
+    """The failure ``x-sim-error: <status>`` (and ``x-sim-error-at: <n>``) ask for."""
+    status_text, at_text = headers.get("x-sim-error"), headers.get("x-sim-error-at")
+    if status_text is None and at_text is None:
+        return None
+    status = 500 if status_text is None else _header_int("x-sim-error", status_text)
+    if not 400 <= status <= 599:
+        raise ValueError(f"x-sim-error must be an HTTP status in 400..599, got {status_text!r}")
+    at = 0 if at_text is None else min(_header_int("x-sim-error-at", at_text), count)
+    retry_after = 1.0 if status in (429, 503) else None
+    code = _STATUS_CODES.get(status, "engine_error")
+    return _Failure(f"simulated error {status} (x-sim-error)", status, code, retry_after), at
+
+
+def _header_int(name: str, text: str) -> int:
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(f"{name} must be a non-negative integer, got {text!r}")
+    return int(digits)
+
+
+def _pick_tool(request: GenerationRequest, roll: float, rng: Random) -> ToolSpec | None:
+    """The tool the request makes the simulator call, if any."""
+    choice = request.tool_choice
+    if not request.tools or choice in (None, "none") or (choice == "auto" and roll >= 0.5):
+        return None
+    if choice in ("auto", "required"):
+        return rng.choice(request.tools)
+    for tool in request.tools:
+        if tool.name == choice:
+            return tool
+    raise LookupError(f"tool_choice {choice!r} names none of the request's tools")
+
+
+def _text(config: Config, request: GenerationRequest) -> tuple[list[str] | None, int, bool]:
+    """Echo/fixed pieces (None for lorem), tokens to produce, and whether that is all of them."""
+    cap = config.sim_output_len or None
+    limit = request.max_tokens
+    if config.sim_mode == "lorem":
+        limit = config.sim_default_max_tokens if limit is None else limit
+        count = max(0, limit if cap is None else min(limit, cap))
+        return None, count, False
+    if config.sim_mode == "fixed":
+        text = config.sim_fixed_text
+    else:
+        users = [m.content for m in request.messages if m.role == "user"]
+        text = users[-1] if users else request.prompt
+    pieces = sim_text.split_pieces(text)
+    for bound in (limit, cap):
+        if bound is not None and len(pieces) > bound:
+            return pieces, max(0, bound), False
+    return pieces, len(pieces), True
+
+
+def _plan(config: Config, request: GenerationRequest) -> _Plan:
+    seed = _request_seed(config, request)
+    rng = Random(seed)
+    # Always drawn, in this order, so turning a knob changes nothing else about the answer.
+    fail_roll, tool_roll, ttft_roll = rng.random(), rng.random(), rng.random()
+    failure: _Failure | None = None
+    fail_at = _NO_FAILURE
+    try:
+        tool = _pick_tool(request, tool_roll, rng)
+    except LookupError as exc:
+        tool, failure, fail_at = None, _Failure(str(exc), 400, "invalid_tool_choice"), 0
+    pieces, count, complete = _text(config, request) if tool is None else (None, 0, True)
+    reason: FinishReason = "tool_calls" if tool else "stop" if complete else "length"
+    if failure is None:
+        try:
+            forced = _header_failure(request.headers, count) if request.headers else None
+        except ValueError as exc:
+            forced = _Failure(str(exc), 400, "invalid_sim_header"), 0
+        if forced is not None:
+            failure, fail_at = forced
+        elif fail_roll < config.sim_failure_rate:
+            failure = _KIND_FAILURES[config.sim_failure_kind]
+            fail_at = max(1, count // 2) if config.sim_failure_kind == "mid_stream" else 0
+            fail_at = min(fail_at, count)
+    ttft = (config.sim_ttft_ms + ttft_roll * config.sim_ttft_jitter_ms) / 1000.0
+    return _Plan(rng, seed, count, reason, pieces, tool, fail_at, failure, ttft)
+
+
+class _State(Enum):
+    NEW = "new"
+    RUNNING = "running"
+    DONE = "done"
+
+
+_RUNNING = _State.RUNNING  # one global lookup on the per-token path
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class SimStream:
+    """One simulated generation (implements :class:`~oxiserve.engine.base.TokenStream`).
+
+    Cancelling a pending ``__anext__`` (its task is cancelled), ``aclose()`` and
+    garbage collection all end the generation and give back its engine slot.
+    """
+
+    __slots__ = (
+        "_chunk",
+        "_due",
+        "_end",
+        "_engine",
+        "_gap_rng",
+        "_itl_paced",
+        "_loop",
+        "_lp_rng",
+        "_paced",
+        "_plan",
+        "_pos",
+        "_slot",
+        "_state",
+        "_top_n",
+        "_waiter",
+        "finish_reason",
+        "logprobs",
+        "tool_calls",
+        "usage",
+    )
+
+    def __init__(self, engine: SimEngine, plan: _Plan, request: GenerationRequest) -> None:
+        self._engine = engine
+        self._plan = plan
+        self._state = _State.NEW
+        self._slot = False
+        self._chunk: list[str] = []
+        self._pos = 0
+        self._end = 0  # 0 sends the first __anext__ down the slow path
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._due = 0.0
+        self._paced = False
+        config = engine.config
+        jitter = config.sim_itl_jitter_ms > 0
+        self._itl_paced = config.sim_itl_ms > 0 or jitter
+        self._gap_rng = Random(plan.seed + 1) if jitter else None
+        self._lp_rng = Random(plan.seed + 2) if request.logprobs else None
+        self._top_n = request.top_logprobs
+        self.usage = Usage(prompt_tokens=sim_text.count_tokens(request.prompt))
+        self.finish_reason: FinishReason | None = None
+        self.tool_calls: list[ToolCall] = []
+        self.logprobs: list[TokenLogprob] = []
+
+    def __aiter__(self) -> SimStream:
+        return self
+
+    @types.coroutine
+    def __anext__(self) -> Generator[Any, Any, str]:
+        if self._pos >= self._end:
+            yield from self._advance()
+        if self._paced:
+            yield from self._pace()
+        else:
+            try:
+                yield  # one event-loop iteration, like asyncio.sleep(0)
+            except BaseException:
+                self._stop("cancelled")
+                raise
+        if self._state is not _RUNNING:
+            raise StopAsyncIteration  # closed while this token was on its way
+        pos = self._pos
+        self._pos = pos + 1
+        self.usage.completion_tokens += 1
+        self._engine.tokens_produced += 1
+        token = self._chunk[pos]
+        if self._lp_rng is not None:
+            self.logprobs.append(sim_text.token_logprob(token, self._lp_rng, self._top_n))
+        return token
+
+    async def aclose(self) -> None:
+        """Cancel the generation: no token is produced after this returns."""
+        self._stop("cancelled")
+
+    def __del__(self) -> None:
+        if self._slot:
+            self._slot = False
+            self._engine.active_generations -= 1
+
+    def _advance(self) -> Generator[Any, Any, None]:
+        """The slow path of ``__anext__``: start, fail, finish or make the next chunk."""
+        if self._state is _State.NEW:
+            yield from self._start()
+        if self._state is not _RUNNING:
+            raise StopAsyncIteration
+        plan = self._plan
+        produced = self.usage.completion_tokens
+        if produced == plan.fail_at and plan.failure is not None:
+            self._stop(None)
+            raise plan.failure.error()
+        if produced >= plan.count:
+            self._stop(plan.reason)
+            raise StopAsyncIteration
+        stop = min(plan.count, produced + CHUNK)
+        if plan.fail_at > produced:
+            stop = min(stop, plan.fail_at)
+        if plan.pieces is None:
+            self._chunk = sim_text.lorem_pieces(plan.rng, stop - produced, produced == 0)
+        else:
+            self._chunk = plan.pieces[produced:stop]
+        self._pos, self._end = 0, len(self._chunk)
+
+    def _start(self) -> Generator[Any, Any, None]:
+        plan, engine = self._plan, self._engine
+        if plan.fail_at == 0 and plan.failure is not None:
+            self._stop(None)
+            raise plan.failure.error()
+        limit = engine.config.sim_max_concurrency
+        if limit and engine.active_generations >= limit:
+            self._stop(None)
+            raise EngineError(
+                f"all {limit} simulated engine slots are busy",
+                status=503,
+                code="engine_overloaded",
+                retry_after=1.0,
+            )
+        engine.active_generations += 1
+        self._slot = True
+        self._state = _RUNNING
+        self._loop = asyncio.get_running_loop()
+        self._due = self._loop.time() + plan.ttft
+        self._paced = plan.ttft > 0 or self._itl_paced
+        if plan.count == 0:  # a tool call, or nothing to say: still the first-token wait
+            yield from self._pace()
+            if self._state is not _RUNNING:
+                raise StopAsyncIteration
+            if plan.tool is not None:
+                self._call_tool(plan.tool)
+            self._stop(plan.reason)
+            raise StopAsyncIteration
+
+    def _call_tool(self, tool: ToolSpec) -> None:
+        rng = self._plan.rng
+        arguments = orjson.dumps(sim_text.sample_json(tool.parameters, rng)).decode()
+        self.tool_calls.append(ToolCall(f"call_{rng.randbytes(12).hex()}", tool.name, arguments))
+        self.usage.completion_tokens += sim_text.count_tokens(arguments)
+
+    def _pace(self) -> Generator[Any, Any, None]:
+        """Wait until the next token is due: tokens keep to a schedule (first-token time,
+        then one inter-token gap each), so a consumer that fell behind catches up."""
+        loop = self._loop
+        assert loop is not None
+        delay = self._due - loop.time()
+        config = self._engine.config
+        gap = config.sim_itl_ms
+        if self._gap_rng is not None:
+            gap += self._gap_rng.random() * config.sim_itl_jitter_ms
+        self._due += gap / 1000.0
+        self._paced = self._itl_paced
+        try:
+            if delay <= 0:
+                yield
+                return
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(delay, _wake, waiter)
+            try:
+                yield from waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        except BaseException:
+            self._stop("cancelled")
+            raise
+
+    def _stop(self, reason: FinishReason | None) -> None:
+        """End the generation (``None``: it failed) and give its slot back."""
+        if self._state is _State.DONE:
+            return
+        self._state = _State.DONE
+        self.finish_reason = reason
+        self._pos = self._end = 0
+        if self._slot:
+            self._slot = False
+            self._engine.active_generations -= 1
+        if self._waiter is not None:
+            _wake(self._waiter)
+
+
+class SimEngine:
+    """The simulator: implements :class:`~oxiserve.engine.base.Engine` from ``sim_*`` settings.
+
+    ``tokens_produced`` counts every token handed out; ``active_generations`` the
+    generations holding one of the ``sim_max_concurrency`` slots.
+    """
+
+    name = "sim"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.tokens_produced = 0
+        self.active_generations = 0
+        self._models = (ModelInfo(id=config.model_name, created=MODEL_CREATED),)
+        self._embed_key = f"oxiserve-sim-embedding\0{config.sim_seed}\0".encode()
+
+    def models(self) -> Sequence[ModelInfo]:
+        return self._models
+
+    def generate(self, request: GenerationRequest) -> SimStream:
+        return SimStream(self, _plan(self.config, request), request)
+
+    def count_tokens(self, text: str) -> int:
+        """Words, at least 1 for non-empty text (see :mod:`oxiserve.engine.sim_text`)."""
+        return sim_text.count_tokens(text)
+
+    async def embed(
+        self, model: str, inputs: Sequence[str], dimensions: int | None = None
+    ) -> list[list[float]]:
+        """Unit vectors from a hash of each input; a shorter ``dimensions`` gives the
+        renormalized prefix of the longer vector, as OpenAI's shortened embeddings do."""
+        size = self.config.sim_embedding_dim if dimensions is None else dimensions
+        if size < 1:
+            raise EngineError("dimensions must be at least 1", status=400, code="invalid_value")
+        return [self._embedding(text, size) for text in inputs]
+
+    def _embedding(self, text: str, size: int) -> list[float]:
+        raw = hashlib.shake_256(self._embed_key + text.encode("utf-8", "surrogatepass"))
+        values = struct.unpack(f"<{size}h", raw.digest(2 * size))
+        norm = math.hypot(*values)
+        if norm == 0.0:  # all 2*size hash bytes zero: never in practice
+            return [1.0] + [0.0] * (size - 1)
+        scale = 1.0 / norm
+        return [v * scale for v in values]
+
+    async def close(self) -> None:
+        """Nothing to release: generations hold no resources beyond their slot count."""
