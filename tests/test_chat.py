@@ -76,7 +76,8 @@ async def test_non_stream_async_sdk(server: Server) -> None:
     assert result.usage is not None
     assert result.usage.completion_tokens == 7
     assert result.usage.total_tokens == result.usage.prompt_tokens + 7
-    assert result._request_id and result._request_id.startswith("req_")
+    assert result._request_id is not None
+    assert result._request_id.startswith("req_")
 
 
 async def test_non_stream_sync_sdk_and_default_length(server: Server) -> None:
@@ -208,7 +209,8 @@ async def test_unknown_model_is_404_not_found(server: Server) -> None:
         ({"model": MODEL, "messages": "hi"}, "messages"),
         ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"model": MODEL, "messages": [{"role": "user"}]}, "messages[0].content"),
-        ({"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+        ({"model": MODEL, "messages": [{"role": "tool", "content": "x"}]},
+         "messages[0].tool_call_id"),
         ({"model": MODEL, "messages": USER, "max_tokens": "ten"}, "max_tokens"),
         ({"model": MODEL, "messages": USER, "max_tokens": 0}, "max_tokens"),
         ({"model": MODEL, "messages": USER, "n": 9}, "n"),
@@ -303,13 +305,17 @@ async def test_error_mid_stream_goes_into_the_stream(server: Server) -> None:
     error = orjson.loads(frames[-1])["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert sum(1 for f in frames if b'"content":"' in f and b'"content":""' not in f) == 3
-    with pytest.raises(openai.APIError):
-        stream = await sdk(server).chat.completions.create(
-            model=MODEL, messages=USER, stream=True, max_tokens=10,
-            extra_headers={"x-sim-error": "503", "x-sim-error-at": "3"},
-        )  # fmt: skip
+    stream = await sdk(server).chat.completions.create(
+        model=MODEL, messages=USER, stream=True, max_tokens=10,
+        extra_headers={"x-sim-error": "503", "x-sim-error-at": "3"},
+    )  # fmt: skip
+
+    async def drain() -> None:
         async for _ in stream:
             pass
+
+    with pytest.raises(openai.APIError):
+        await drain()
 
 
 async def test_slow_first_token_starts_the_stream_with_pings() -> None:
