@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench fmt clean
+.PHONY: run test lint bench fmt readme clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,16 +30,19 @@ test: $(VENV)/.installed-bench
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check oxiserve tests bench
-	$(BIN)/ruff format --check oxiserve tests bench
+	$(BIN)/ruff check oxiserve tests bench scripts
+	$(BIN)/ruff format --check oxiserve tests bench scripts
 	$(BIN)/mypy --strict oxiserve
 
 fmt: $(VENV)/.installed-dev
-	$(BIN)/ruff format oxiserve tests bench
-	$(BIN)/ruff check --fix oxiserve tests bench
+	$(BIN)/ruff format oxiserve tests bench scripts
+	$(BIN)/ruff check --fix oxiserve tests bench scripts
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench compare
+
+readme: $(VENV)/.installed-dev
+	$(BIN)/python -m scripts.readme_tables
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,75 @@
+"""Regenerates the README's option and endpoint tables from the code (``make readme``).
+
+The tables sit between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers;
+``tests/test_readme.py`` fails when they drift from Config and the router.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from pathlib import Path
+
+from oxiserve.api import build_router
+from oxiserve.api.state import AppState
+from oxiserve.config import Config, env_name
+from oxiserve.engine.sim import SimEngine
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+ENDPOINT_NOTES = {
+    "/health": 'liveness: `{"status": "ok"}`',
+    "/v1/models": "models in OpenAI's list shape",
+    "/v1/models/{model}": "one model; 404 `model_not_found` if unknown",
+    "/v1/chat/completions": "chat completions; `stream`, `stream_options.include_usage`, `n`, "
+    "`stop`, `tools`/`tool_choice`, `logprobs`, `response_format`, `seed`",
+    "/v1/completions": "legacy text completions; `stream`, `echo`, `logprobs`, prompt lists",
+    "/v1/embeddings": "strings or token-id arrays; `encoding_format` float/base64, `dimensions`",
+}
+
+
+def options_table() -> str:
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if isinstance(default, bool):
+            flag = f"{flag} / --no-{f.name.replace('_', '-')}"
+        meaning = str(f.metadata["help"])
+        if f.metadata.get("choices"):
+            meaning += ": " + ", ".join(f"`{c}`" for c in f.metadata["choices"])
+        rows.append(f"| `{flag}` | `{env_name(f.name)}` | `{default!r}` | {meaning} |")
+    return "\n".join(rows)
+
+
+def endpoints_table() -> str:
+    config = Config()
+    router = build_router(AppState(config, SimEngine(config)))
+    rows = ["| method | path | what |", "|---|---|---|"]
+    for method, path in router.routes():
+        rows.append(f"| {method} | `{path}` | {ENDPOINT_NOTES.get(path, '')} |")
+    return "\n".join(rows)
+
+
+TABLES = {"options": options_table, "endpoints": endpoints_table}
+
+
+def render(text: str) -> str:
+    for name, make in TABLES.items():
+        pattern = re.compile(rf"(<!-- {name}:start -->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+    return text
+
+
+def main() -> int:
+    text = README.read_text()
+    updated = render(text)
+    if "--check" in sys.argv:
+        return 0 if updated == text else 1
+    README.write_text(updated)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,736 @@
+"""Tests of the simulator engine (oxiserve.engine.sim) and its text helpers (sim_text)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import re
+import time
+from collections.abc import Mapping
+from random import Random
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oxiserve.config import Config
+from oxiserve.engine.base import ChatMessage, EngineError, GenerationRequest, ToolSpec
+from oxiserve.engine.sim import MODEL_CREATED, SimEngine, SimStream
+from oxiserve.engine.sim_text import count_tokens, sample_json, split_pieces
+
+TIMEOUT = 5.0
+# A timer may fire up to one clock tick before its deadline (asyncio's _run_once).
+TICK = time.get_clock_info("monotonic").resolution
+
+
+def engine(**overrides: Any) -> SimEngine:
+    return SimEngine(Config(**overrides))
+
+
+def request(**fields: Any) -> GenerationRequest:
+    fields.setdefault("model", "oxiserve-sim")
+    fields.setdefault("prompt", "Tell me something")
+    return GenerationRequest(**fields)
+
+
+async def collect(stream: SimStream) -> list[str]:
+    return [token async for token in stream]
+
+
+async def text_of(sim: SimEngine, **fields: Any) -> str:
+    return "".join(await collect(sim.generate(request(**fields))))
+
+
+async def fails_with(stream: SimStream) -> tuple[EngineError, list[str]]:
+    """The error a stream ends with and the tokens produced before it."""
+    tokens: list[str] = []
+    try:
+        async for token in stream:
+            tokens.append(token)
+    except EngineError as error:
+        return error, tokens
+    raise AssertionError(f"the stream ended without an error after {tokens!r}")
+
+
+async def ticks(n: int) -> None:
+    """Let the event loop run ``n`` iterations."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+# --- models, tokenizer ------------------------------------------------------------------------
+
+
+def test_models_lists_the_configured_model() -> None:
+    sim = engine(model_name="my-sim")
+    assert sim.name == "sim"
+    [info] = sim.models()
+    assert (info.id, info.created) == ("my-sim", MODEL_CREATED)
+    assert engine(model_name="my-sim").models() == sim.models()
+
+
+@given(st.text())
+def test_split_pieces_round_trips_and_matches_count_tokens(text: str) -> None:
+    pieces = split_pieces(text)
+    assert "".join(pieces) == text
+    assert len(pieces) == count_tokens(text)
+    assert all(len(piece.split()) == 1 for piece in pieces) or text.isspace()
+
+
+def test_count_tokens_counts_words() -> None:
+    assert count_tokens("") == 0
+    assert count_tokens("   ") == 1
+    assert count_tokens("Hello, world!\n  How are you?") == 5
+    assert split_pieces("Hello, world!\n  How") == ["Hello,", " world!", "\n  How"]
+
+
+# --- lengths and modes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "output_len", "expected"),
+    [(37, 0, 37), (None, 0, 16), (37, 5, 5), (10, 50, 10), (None, 3, 3), (0, 0, 0), (600, 0, 600)],
+)
+async def test_lorem_produces_exactly_the_limit(
+    max_tokens: int | None, output_len: int, expected: int
+) -> None:
+    sim = engine(sim_output_len=output_len)
+    stream = sim.generate(request(max_tokens=max_tokens))
+    tokens = await collect(stream)
+    assert len(tokens) == expected
+    assert stream.finish_reason == "length"
+    assert stream.usage.completion_tokens == expected == sim.tokens_produced
+    assert count_tokens("".join(tokens)) == expected
+    assert all(t.startswith(" ") for t in tokens[1:])
+    assert not tokens or not tokens[0].startswith(" ")
+
+
+async def test_usage_counts_the_prompt() -> None:
+    stream = engine().generate(request(prompt="one two  three\nfour"))
+    assert stream.usage.prompt_tokens == 4
+    await collect(stream)
+    assert stream.usage.prompt_tokens == 4
+
+
+async def test_echo_repeats_the_last_user_message() -> None:
+    sim = engine(sim_mode="echo")
+    messages = (
+        ChatMessage("user", "first question"),
+        ChatMessage("assistant", "an answer"),
+        ChatMessage("user", "Echo  me,\nplease!"),
+        ChatMessage("system", "be brief"),
+    )
+    stream = sim.generate(request(messages=messages))
+    assert await collect(stream) == ["Echo", "  me,", "\nplease!"]
+    assert stream.finish_reason == "stop"
+    assert await text_of(sim, prompt="no messages here") == "no messages here"
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "output_len", "expected", "reason"),
+    [(None, 0, 4, "stop"), (4, 0, 4, "stop"), (3, 0, 3, "length"), (None, 2, 2, "length")],
+)
+async def test_echo_is_cut_at_the_limit(
+    max_tokens: int | None, output_len: int, expected: int, reason: str
+) -> None:
+    sim = engine(sim_mode="echo", sim_output_len=output_len)
+    stream = sim.generate(request(prompt="one two three four", max_tokens=max_tokens))
+    tokens = await collect(stream)
+    assert tokens == ["one", " two", " three", " four"][:expected]
+    assert stream.finish_reason == reason
+
+
+async def test_fixed_mode_says_the_fixed_text() -> None:
+    sim = engine(sim_mode="fixed", sim_fixed_text="Always the same answer.")
+    stream = sim.generate(request(prompt="anything"))
+    assert "".join(await collect(stream)) == "Always the same answer."
+    assert stream.finish_reason == "stop"
+    cut = sim.generate(request(max_tokens=2))
+    assert await collect(cut) == ["Always", " the"]
+    assert cut.finish_reason == "length"
+
+
+async def test_empty_echo_finishes_without_tokens() -> None:
+    stream = engine(sim_mode="echo").generate(request(prompt=""))
+    assert await collect(stream) == []
+    assert stream.finish_reason == "stop"
+
+
+# --- determinism ------------------------------------------------------------------------------
+
+
+async def test_same_seed_and_request_give_the_same_output() -> None:
+    fields: dict[str, Any] = {"max_tokens": 40, "logprobs": True, "top_logprobs": 3}
+    first = engine(sim_seed=7).generate(request(**fields))
+    second = engine(sim_seed=7).generate(request(**fields))
+    assert await collect(first) == await collect(second)
+    assert first.logprobs == second.logprobs
+
+
+async def test_seed_request_and_choice_change_the_output() -> None:
+    base = await text_of(engine(sim_seed=1), max_tokens=20)
+    assert await text_of(engine(sim_seed=2), max_tokens=20) != base
+    assert await text_of(engine(sim_seed=1), max_tokens=20, seed=5) != base
+    assert await text_of(engine(sim_seed=1), max_tokens=20, prompt="other") != base
+    assert await text_of(engine(sim_seed=1), max_tokens=20, choice_index=1) != base
+
+
+async def test_failure_injection_leaves_the_text_alone() -> None:
+    calm, flaky = engine(), engine(sim_failure_rate=0.5)
+    for i in range(20):
+        stream = flaky.generate(request(prompt=f"prompt {i}"))
+        try:
+            text = "".join(await collect(stream))
+        except EngineError:
+            continue
+        assert text == await text_of(calm, prompt=f"prompt {i}")
+
+
+# --- timing -----------------------------------------------------------------------------------
+
+
+async def test_each_token_costs_one_loop_iteration() -> None:
+    count = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal count
+        while not done and count < 10_000:
+            count += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    start = count
+    tokens = await collect(engine().generate(request(max_tokens=300)))
+    done = True
+    await task
+    assert len(tokens) == 300
+    assert 299 <= count - start <= 301
+
+
+async def test_time_to_first_token_is_waited() -> None:
+    loop = asyncio.get_running_loop()
+    stream = engine(sim_ttft_ms=20).generate(request(max_tokens=2))
+    start = loop.time()
+    await anext(stream)
+    assert loop.time() - start >= 0.020 - TICK
+
+
+async def test_inter_token_latency_is_waited() -> None:
+    loop = asyncio.get_running_loop()
+    stream = engine(sim_ttft_ms=20, sim_itl_ms=20, sim_itl_jitter_ms=5).generate(
+        request(max_tokens=3)
+    )
+    start = loop.time()
+    assert len(await collect(stream)) == 3
+    assert loop.time() - start >= 0.020 + 2 * 0.020 - TICK
+
+
+async def test_jitter_adds_to_the_first_token_time() -> None:
+    loop = asyncio.get_running_loop()
+    stream = engine(sim_ttft_ms=10, sim_ttft_jitter_ms=10).generate(request(max_tokens=1))
+    start = loop.time()
+    await collect(stream)
+    assert loop.time() - start >= 0.010 - TICK
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "code", "retry_after"),
+    [
+        ("before_first_token", 500, "engine_error", None),
+        ("429", 429, "rate_limit_exceeded", 1),
+        ("503", 503, "engine_overloaded", 1),
+    ],
+)
+async def test_failures_before_the_first_token(
+    kind: str, status: int, code: str, retry_after: float | None
+) -> None:
+    sim = engine(sim_failure_rate=1.0, sim_failure_kind=kind)
+    stream = sim.generate(request())
+    error, tokens = await fails_with(stream)
+    assert (tokens, error.status, error.code, error.retry_after) == ([], status, code, retry_after)
+    assert sim.tokens_produced == 0
+    assert sim.active_generations == 0
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+
+
+async def test_mid_stream_failure_after_half_the_tokens() -> None:
+    sim = engine(sim_failure_rate=1.0, sim_failure_kind="mid_stream")
+    error, tokens = await fails_with(sim.generate(request(max_tokens=16)))
+    assert (len(tokens), error.status, error.code) == (8, 500, "engine_error")
+    assert sim.active_generations == 0
+    error, tokens = await fails_with(sim.generate(request(max_tokens=1)))
+    assert len(tokens) == 1
+
+
+async def test_failure_rate_picks_a_deterministic_subset() -> None:
+    async def failures(sim: SimEngine) -> set[int]:
+        failed = set()
+        for i in range(200):
+            try:
+                await collect(sim.generate(request(prompt=f"request {i}", max_tokens=2)))
+            except EngineError:
+                failed.add(i)
+        return failed
+
+    first = await failures(engine(sim_failure_rate=0.5))
+    assert 60 <= len(first) <= 140
+    assert await failures(engine(sim_failure_rate=0.5)) == first
+    assert await failures(engine(sim_failure_rate=0.0)) == set()
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "retry_after"),
+    [
+        ("503", "engine_overloaded", 1),
+        ("429", "rate_limit_exceeded", 1),
+        ("418", "engine_error", None),
+    ],
+)
+async def test_x_sim_error_fails_before_the_first_token(
+    status: str, code: str, retry_after: float | None
+) -> None:
+    stream = engine().generate(request(headers={"x-sim-error": status}))
+    error, tokens = await fails_with(stream)
+    assert (tokens, error.status, error.code, error.retry_after) == (
+        [],
+        int(status),
+        code,
+        retry_after,
+    )
+
+
+@pytest.mark.parametrize(("at", "produced"), [("3", 3), ("0", 0), ("99", 10)])
+async def test_x_sim_error_at_fails_after_n_tokens(at: str, produced: int) -> None:
+    headers = {"x-sim-error": "502", "x-sim-error-at": at}
+    error, tokens = await fails_with(engine().generate(request(max_tokens=10, headers=headers)))
+    assert (len(tokens), error.status) == (produced, 502)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-sim-error": "abc"},
+        {"x-sim-error": "200"},
+        {"x-sim-error": "600"},
+        {"x-sim-error": ""},
+        {"x-sim-error": "500", "x-sim-error-at": "-1"},
+        {"x-sim-error": "500", "x-sim-error-at": "two"},
+    ],
+)
+async def test_invalid_sim_headers_are_rejected(headers: dict[str, str]) -> None:
+    error, tokens = await fails_with(engine().generate(request(headers=headers)))
+    assert (tokens, error.status, error.code) == ([], 400, "invalid_sim_header")
+    assert "x-sim-error" in error.message
+
+
+# --- concurrency and cancellation -------------------------------------------------------------
+
+
+async def test_concurrency_limit_and_slot_release() -> None:
+    sim = engine(sim_max_concurrency=2)
+    first, second = sim.generate(request(max_tokens=3)), sim.generate(request(max_tokens=3))
+    await anext(first)
+    await anext(second)
+    assert sim.active_generations == 2
+    error, _ = await fails_with(sim.generate(request()))
+    assert (error.status, error.code, error.retry_after) == (503, "engine_overloaded", 1)
+    await collect(first)  # finishing frees a slot
+    assert sim.active_generations == 1
+    third = sim.generate(request(max_tokens=3))
+    await anext(third)
+    await third.aclose()  # closing frees a slot
+    await second.aclose()
+    assert sim.active_generations == 0
+    assert third.finish_reason == "cancelled"
+    assert await collect(sim.generate(request(max_tokens=2)))
+
+
+@pytest.mark.parametrize("itl_ms", [0, 60_000])
+async def test_cancelled_consumer_releases_its_slot(itl_ms: float) -> None:
+    sim = engine(sim_max_concurrency=1, sim_itl_ms=itl_ms)
+    stream = sim.generate(request(max_tokens=1_000_000))
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in stream:
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), TIMEOUT)
+    assert sim.active_generations == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sim.active_generations == 0
+    assert stream.finish_reason == "cancelled"
+
+
+async def test_abandoned_stream_releases_its_slot() -> None:
+    sim = engine(sim_max_concurrency=1)
+    stream = sim.generate(request(max_tokens=100))
+    await anext(stream)
+    assert sim.active_generations == 1
+    del stream
+    gc.collect()
+    assert sim.active_generations == 0
+
+
+async def test_no_token_after_aclose() -> None:
+    sim = engine()
+    stream = sim.generate(request(max_tokens=1_000_000))
+    ended = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in stream:
+            pass
+        ended.set()
+
+    task = asyncio.create_task(consume())
+    await ticks(5)
+    await stream.aclose()
+    produced = sim.tokens_produced
+    assert 0 < produced < 1_000_000
+    await ticks(20)
+    assert sim.tokens_produced == produced == stream.usage.completion_tokens
+    await asyncio.wait_for(ended.wait(), TIMEOUT)
+    await task
+    assert stream.finish_reason == "cancelled"
+
+
+async def test_aclose_wakes_a_waiting_consumer() -> None:
+    stream = engine(sim_itl_ms=60_000).generate(request(max_tokens=5))
+    await anext(stream)
+    task = asyncio.create_task(collect(stream))
+    await ticks(3)
+    await stream.aclose()
+    assert await asyncio.wait_for(task, TIMEOUT) == []
+    assert stream.usage.completion_tokens == 1
+
+
+# --- tool calls -------------------------------------------------------------------------------
+
+WEATHER = ToolSpec(
+    "get_weather",
+    "Current weather",
+    {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "minLength": 2},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        },
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+)
+SEARCH = ToolSpec(
+    "search",
+    parameters={
+        "type": "object",
+        "$defs": {"range": {"type": "array", "items": {"type": "number"}, "minItems": 2}},
+        "properties": {
+            "query": {"type": ["string", "null"], "maxLength": 12},
+            "span": {"$ref": "#/$defs/range"},
+            "when": {"type": "string", "format": "date-time"},
+            "mode": {"oneOf": [{"type": "null"}, {"const": "fast"}]},
+            "filters": {
+                "type": "object",
+                "properties": {"tags": {"type": "array", "items": {"type": "string"}}},
+                "required": ["tags"],
+            },
+            "flag": {"anyOf": [{"type": "boolean"}, {"type": "string"}]},
+        },
+        "required": ["query", "filters"],
+    },
+)
+NO_ARGS = ToolSpec("ping")
+
+
+@pytest.mark.parametrize("tool", [WEATHER, SEARCH, NO_ARGS])
+async def test_required_tool_call_has_valid_arguments(tool: ToolSpec) -> None:
+    sim = engine(sim_ttft_ms=20)
+    loop = asyncio.get_running_loop()
+    stream = sim.generate(request(tools=(tool,), tool_choice="required"))
+    start = loop.time()
+    assert await collect(stream) == []
+    assert loop.time() - start >= 0.020 - TICK
+    assert stream.finish_reason == "tool_calls"
+    [call] = stream.tool_calls
+    assert call.name == tool.name
+    assert re.fullmatch(r"call_[0-9a-f]{24}", call.id)
+    arguments = orjson.loads(call.arguments)
+    assert isinstance(arguments, dict)
+    assert conforms(arguments, tool.parameters or {}, tool.parameters)
+    assert stream.usage.completion_tokens == count_tokens(call.arguments)
+    again = engine().generate(request(tools=(tool,), tool_choice="required"))
+    await collect(again)
+    assert again.tool_calls == stream.tool_calls
+
+
+async def test_tool_choice_by_name_auto_and_none() -> None:
+    sim = engine()
+    tools = (WEATHER, SEARCH)
+    named = sim.generate(request(tools=tools, tool_choice="search"))
+    await collect(named)
+    assert [c.name for c in named.tool_calls] == ["search"]
+    for choice in (None, "none"):
+        plain = sim.generate(request(tools=tools, tool_choice=choice))
+        assert await collect(plain)
+        assert (plain.tool_calls, plain.finish_reason) == ([], "length")
+    called = 0
+    for i in range(100):
+        auto = sim.generate(request(prompt=f"question {i}", tools=tools, tool_choice="auto"))
+        tokens = await collect(auto)
+        assert bool(tokens) != bool(auto.tool_calls)
+        called += bool(auto.tool_calls)
+    assert 25 <= called <= 75
+
+
+async def test_unknown_tool_choice_is_an_error() -> None:
+    stream = engine().generate(request(tools=(WEATHER,), tool_choice="nope"))
+    error, _ = await fails_with(stream)
+    assert (error.status, error.code) == (400, "invalid_tool_choice")
+
+
+def resolve(root: Mapping[str, Any], ref: str) -> Any:
+    node: Any = root
+    for part in ref.lstrip("#").split("/")[1:]:
+        node = node[part]
+    return node
+
+
+def has_type(value: Any, kind: str) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return {
+        "object": isinstance(value, dict),
+        "array": isinstance(value, list),
+        "string": isinstance(value, str),
+        "integer": number and float(value).is_integer(),
+        "number": number,
+        "boolean": isinstance(value, bool),
+        "null": value is None,
+    }[kind]
+
+
+FORMATS = {
+    "date-time": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ",
+    "date": r"\d{4}-\d\d-\d\d",
+    "email": r"[^@\s]+@[^@\s]+\.[a-z]+",
+    "uri": r"https?://\S+",
+    "uuid": r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+}
+
+
+def conforms(value: Any, schema: Any, root: Mapping[str, Any]) -> bool:
+    """A small JSON-schema validator for the subset tool definitions use."""
+    if not isinstance(schema, Mapping):
+        return True
+    checks = [
+        "$ref" not in schema or conforms(value, resolve(root, schema["$ref"]), root),
+        "const" not in schema or value == schema["const"],
+        "enum" not in schema or value in schema["enum"],
+        all(conforms(value, s, root) for s in schema.get("allOf", ())),
+        "anyOf" not in schema or any(conforms(value, s, root) for s in schema["anyOf"]),
+        "oneOf" not in schema or sum(conforms(value, s, root) for s in schema["oneOf"]) == 1,
+    ]
+    kinds = schema.get("type")
+    if kinds is not None:
+        checks.append(
+            any(has_type(value, k) for k in ([kinds] if isinstance(kinds, str) else kinds))
+        )
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        checks += [all(r in value for r in schema.get("required", ()))]
+        checks += [len(value) >= schema.get("minProperties", 0)]
+        for key, item in value.items():
+            sub = props.get(key, extra)
+            checks.append(sub is not False and conforms(item, sub, root))
+    if isinstance(value, list):
+        prefix = schema.get("prefixItems", [])
+        checks += [len(value) >= schema.get("minItems", 0)]
+        checks += [len(value) <= schema.get("maxItems", math.inf)]
+        checks += [
+            not schema.get("uniqueItems") or len(set(map(orjson.dumps, value))) == len(value)
+        ]
+        for i, item in enumerate(value):
+            sub = prefix[i] if i < len(prefix) else schema.get("items", True)
+            checks.append(sub is not False and conforms(item, sub, root))
+    if has_type(value, "number"):
+        checks += [
+            value >= schema.get("minimum", -math.inf),
+            value <= schema.get("maximum", math.inf),
+        ]
+        checks += [value > schema.get("exclusiveMinimum", -math.inf)]
+        checks += [value < schema.get("exclusiveMaximum", math.inf)]
+        step = schema.get("multipleOf")
+        checks += [step is None or abs(value / step - round(value / step)) < 1e-9]
+    if isinstance(value, str):
+        checks += [schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", math.inf)]
+        fmt = schema.get("format")
+        checks += [fmt not in FORMATS or re.fullmatch(FORMATS[fmt], value) is not None]
+    return all(checks)
+
+
+def _numeric(kind: str) -> st.SearchStrategy[dict[str, Any]]:
+    @st.composite
+    def build(draw: st.DrawFn) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": kind}
+        low = draw(st.none() | st.integers(-1000, 1000))
+        if low is not None:
+            schema["exclusiveMinimum" if draw(st.booleans()) else "minimum"] = low
+        if draw(st.booleans()):
+            schema["maximum"] = (low or 0) + draw(st.integers(10, 1000))
+        if draw(st.booleans()):
+            schema["multipleOf"] = draw(
+                st.sampled_from([2, 3, 5] if kind == "integer" else [0.5, 0.25, 2])
+            )
+        return schema
+
+    return build()
+
+
+@st.composite
+def _string(draw: st.DrawFn) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    choice = draw(st.sampled_from(["plain", "enum", "format", "length"]))
+    if choice == "enum":
+        schema["enum"] = draw(st.lists(st.text(max_size=5), min_size=1, max_size=4))
+    elif choice == "format":
+        schema["format"] = draw(st.sampled_from(sorted(FORMATS)))
+    elif choice == "length":
+        low = draw(st.integers(0, 30))
+        schema["minLength"] = low
+        schema["maxLength"] = low + draw(st.integers(0, 30))
+    return schema
+
+
+json_scalars = st.none() | st.booleans() | st.integers(-100, 100) | st.text(max_size=5)
+leaf_schemas = st.one_of(
+    _string(),
+    _numeric("integer"),
+    _numeric("number"),
+    st.just({"type": "boolean"}),
+    st.just({"type": "null"}),
+    st.just({}),
+    st.builds(lambda v: {"const": v}, json_scalars),
+    st.builds(lambda v: {"type": ["null", v]}, st.sampled_from(["string", "integer", "boolean"])),
+)
+
+
+def _containers(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    @st.composite
+    def build_object(draw: st.DrawFn) -> dict[str, Any]:
+        props = draw(st.dictionaries(st.text(min_size=1, max_size=6), children, max_size=4))
+        required = draw(st.lists(st.sampled_from(sorted(props)), unique=True)) if props else []
+        schema: dict[str, Any] = {"type": "object", "properties": props, "required": required}
+        if draw(st.booleans()):
+            schema["additionalProperties"] = False
+        return schema
+
+    @st.composite
+    def build_array(draw: st.DrawFn) -> dict[str, Any]:
+        low = draw(st.integers(0, 3))
+        schema = {"type": "array", "items": draw(children), "minItems": low}
+        if draw(st.booleans()):
+            schema["maxItems"] = low + draw(st.integers(0, 3))
+        return schema
+
+    any_of = st.lists(children, min_size=1, max_size=3).map(lambda b: {"anyOf": b})
+    return st.one_of(build_object(), build_array(), any_of)
+
+
+schemas = st.recursive(leaf_schemas, _containers, max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(schemas, st.integers(0, 2**32))
+def test_sampled_arguments_conform_to_their_schema(schema: dict[str, Any], seed: int) -> None:
+    value = sample_json(schema, Random(seed))
+    assert conforms(value, schema, schema), value
+    orjson.dumps(value)  # serializable as the arguments string
+
+
+def test_sample_json_edge_cases() -> None:
+    rng = Random(1)
+    assert sample_json({}, rng) == {}
+    assert sample_json(None, rng) == {}
+    deep = {"type": "object", "properties": {"next": {"$ref": "#"}}, "required": []}
+    assert conforms(sample_json(deep, rng), deep, deep)
+    unique = {"type": "array", "items": {"enum": [1, 2, 3]}, "minItems": 3, "uniqueItems": True}
+    assert sorted(sample_json(unique, rng)) == [1, 2, 3]
+    draft4 = {"type": "integer", "minimum": 1, "maximum": 2, "exclusiveMaximum": True}
+    assert sample_json(draft4, rng) == 1
+    typed = {
+        "allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}}, {"required": ["b"]}]
+    }
+    value = sample_json(typed, rng)
+    assert set(value) == {"a", "b"}
+    assert conforms(value, typed, typed)
+
+
+# --- logprobs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("top", [0, 1, 5, 20])
+async def test_logprobs_have_one_plausible_entry_per_token(top: int) -> None:
+    stream = engine().generate(request(max_tokens=50, logprobs=True, top_logprobs=top))
+    tokens = await collect(stream)
+    assert [entry.token for entry in stream.logprobs] == tokens
+    for entry in stream.logprobs:
+        assert -3.0 <= entry.logprob < 0.0
+        assert len(entry.top) == top
+        if top:
+            assert (entry.top[0].token, entry.top[0].logprob) == (entry.token, entry.logprob)
+            values = [alt.logprob for alt in entry.top]
+            assert values == sorted(values, reverse=True)
+            assert len({alt.token for alt in entry.top}) == top
+            assert sum(math.exp(v) for v in values) <= 1.0
+
+
+async def test_logprobs_off_leaves_the_list_empty() -> None:
+    stream = engine().generate(request(max_tokens=5))
+    await collect(stream)
+    assert stream.logprobs == []
+
+
+async def test_logprobs_are_appended_before_the_token_is_yielded() -> None:
+    stream = engine().generate(request(max_tokens=3, logprobs=True))
+    token = await anext(stream)
+    assert [e.token for e in stream.logprobs] == [token]
+
+
+# --- embeddings -------------------------------------------------------------------------------
+
+
+async def test_embeddings_are_deterministic_unit_vectors() -> None:
+    sim = engine()
+    vectors = await sim.embed("oxiserve-sim", ["hello", "world", "hello"])
+    assert [len(v) for v in vectors] == [384] * 3
+    assert all(math.isclose(math.hypot(*v), 1.0, rel_tol=1e-12) for v in vectors)
+    assert vectors[0] == vectors[2] != vectors[1]
+    assert await engine().embed("oxiserve-sim", ["hello"]) == vectors[:1]
+    assert await engine(sim_seed=3).embed("oxiserve-sim", ["hello"]) != vectors[:1]
+
+
+async def test_embedding_dimensions() -> None:
+    sim = engine(sim_embedding_dim=16)
+    [default] = await sim.embed("m", ["text"])
+    [short] = await sim.embed("m", ["text"], dimensions=4)
+    assert (len(default), len(short)) == (16, 4)
+    assert math.isclose(math.hypot(*short), 1.0, rel_tol=1e-12)
+    scale = math.hypot(*default[:4])
+    assert all(math.isclose(a, b / scale) for a, b in zip(short, default[:4], strict=True))
+    with pytest.raises(EngineError) as info:
+        await sim.embed("m", ["text"], dimensions=0)
+    assert info.value.status == 400
+    assert await sim.embed("m", []) == []
