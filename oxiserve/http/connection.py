@@ -18,7 +18,7 @@ import asyncio
 import enum
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import h11
@@ -90,6 +90,7 @@ class Connection(asyncio.Protocol):
         self._sent = 0
         self._in_parse = False
         self._eof = False
+        self._fields: dict[str, str] = {}
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -177,37 +178,38 @@ class Connection(asyncio.Protocol):
         version = head.http_version
         if version != b"1.1" and version != b"1.0":
             raise Rejected(505, "HTTP version not supported; use HTTP/1.1.")
-        headers = head.headers
-        if len(headers) > config.max_header_count:
+        items = _header_items(head)
+        if len(items) > config.max_header_count:
             raise Rejected(431, f"Too many header fields (limit {config.max_header_count}).")
         size = len(head.target) + len(head.method) + 12
-        has_length = has_chunked = False
-        for name, value in headers:
+        fields: dict[str, str] = {}
+        for name, value in items:
             size += len(name) + len(value) + 4
             if _BAD_VALUE.search(value):
                 raise Rejected(400, "Control character in a header value.")
-            if name == b"content-length":
-                has_length = True
-            elif name == b"transfer-encoding":
-                has_chunked = True
+            key, text = name.decode("latin-1"), value.decode("latin-1")
+            fields[key] = f"{fields[key]}, {text}" if key in fields else text
         if size > config.max_header_bytes:
             raise Rejected(
                 431, f"Request header block too large (limit {config.max_header_bytes})."
             )
-        if has_chunked and (has_length or version == b"1.0"):
+        length = fields.get("content-length")
+        if "transfer-encoding" in fields and (length is not None or version == b"1.0"):
             raise Rejected(400, "Transfer-Encoding is not allowed with Content-Length or HTTP/1.0.")
         target = head.target
         if not target.startswith(b"/") and not (target == b"*" and head.method == b"OPTIONS"):
             raise Rejected(400, "Invalid request target.")
+        self._fields = fields
         self._head = head
         self._started = self.ctx.loop.time()
-        self._keep_alive = _wants_keep_alive(head)
-        if has_length:
-            declared = int(headers_get(headers, b"content-length") or 0)
-            if declared > config.max_body_bytes:
-                raise Rejected(
-                    413, f"Request body too large (limit {config.max_body_bytes} bytes)."
-                )
+        connection = fields.get("connection")
+        # HTTP/1.0 gets no keep-alive (we never send 1.0 keep-alive responses).
+        self._keep_alive = version == b"1.1" and (
+            connection is None or "close" not in connection.lower()
+        )
+        # h11 has validated Content-Length (digits, no conflicting duplicates).
+        if length is not None and int(length.partition(",")[0]) > config.max_body_bytes:
+            raise Rejected(413, f"Request body too large (limit {config.max_body_bytes} bytes).")
         self.phase = Phase.BODY
         self.deadline = self._started + config.body_timeout
         if self._parser.they_are_waiting_for_100_continue and self.transport is not None:
@@ -222,7 +224,7 @@ class Connection(asyncio.Protocol):
         self._body.append(bytes(data))
 
     def _on_end(self, end: h11.EndOfMessage) -> None:
-        for name, _ in end.headers:
+        for name, _ in _header_items(end):
             if name in _FORBIDDEN_TRAILERS:
                 raise Rejected(400, f"Forbidden trailer field {name.decode('latin-1')}.")
         head = self._head
@@ -230,11 +232,7 @@ class Connection(asyncio.Protocol):
         self.phase = Phase.HANDLING
         target = head.target.decode("latin-1")
         path, _, query = target.partition("?")
-        headers: dict[str, str] = {}
-        for name, value in head.headers:
-            key = name.decode("latin-1")
-            text = value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        headers = self._fields
         given_id = headers.get("x-request-id")
         request_id = given_id if given_id and _REQUEST_ID.fullmatch(given_id) else self.ctx.new_id()
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
@@ -440,18 +438,12 @@ def _error(error: APIError) -> Response:
     return Response(error.encode(), error.status, "application/json", error.headers)
 
 
-def _wants_keep_alive(head: h11.Request) -> bool:
-    tokens = b",".join(v for n, v in head.headers if n == b"connection").lower()
-    if head.http_version == b"1.0":
-        return False  # we never send HTTP/1.0 keep-alive responses
-    return b"close" not in tokens
-
-
-def headers_get(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return bytes(value)
-    return None
+def _header_items(event: h11.Request | h11.EndOfMessage) -> list[tuple[bytes, bytes]]:
+    """(lower-case name, value) pairs; h11's Headers iterates slowly through the Sequence ABC."""
+    full = getattr(event.headers, "_full_items", None)
+    if full is None:  # pragma: no cover - a future h11 without the private list
+        return list(event.headers)
+    return [(name, value) for _, name, value in full]
 
 
 def _code_for(status: int) -> str:
