@@ -49,6 +49,8 @@ class Config:
         256 * 1024, "bytes buffered for a slow reader before the server stops writing"
     )
 
+    max_tokens_limit: int = _opt(131072, "largest max_tokens a request may ask for (400 beyond)")
+
     # Streaming
     sse_keepalive: float = _opt(15.0, "seconds of stream silence before a ': ping' comment")
     stream_buffer: int = _opt(1024, "frames a stream keeps for slow or late readers")

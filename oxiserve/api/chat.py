@@ -32,7 +32,7 @@ def register(router: Router, state: AppState) -> None:
 async def create_chat_completion(state: AppState, request: Request) -> Response | StreamResponse:
     body = request.json()
     chat = chat_request.parse(body)
-    sampling = read_sampling(body)
+    sampling = read_sampling(body, state.config.max_tokens_limit)
     model = state.model(chat.model).id
     headers = {k: v for k, v in request.headers.items() if k.startswith("x-sim-")}
     requests = [

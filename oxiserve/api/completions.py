@@ -60,7 +60,7 @@ async def create_completion(state: AppState, request: Request) -> Response | Str
     body = params.require_object(request.json())
     model = state.model(params.get_str(body, "model")).id
     prompts = read_prompts(body)
-    sampling = read_sampling(body, chat=False)
+    sampling = read_sampling(body, state.config.max_tokens_limit, chat=False)
     echo = params.get_bool(body, "echo")
     params.get_str(body, "suffix", None)
     headers = {k: v for k, v in request.headers.items() if k.startswith("x-sim-")}

@@ -9,6 +9,7 @@ from oxiserve.errors import InvalidRequest
 
 T = TypeVar("T")
 _MISSING: Any = object()
+MAX_STOP_LENGTH = 1024
 
 
 def require_object(body: Any) -> dict[str, Any]:
@@ -122,11 +123,15 @@ def get_stop(body: Mapping[str, Any]) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,) if value else ()
+        value = [value]
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
         raise _wrong("stop", "a string or an array of strings", value)
     if len(value) > 4:
         raise InvalidRequest("'stop' may hold at most 4 sequences.", param="stop")
+    if any(len(s) > MAX_STOP_LENGTH for s in value):
+        raise InvalidRequest(
+            f"Each 'stop' sequence may be at most {MAX_STOP_LENGTH} characters.", param="stop"
+        )
     return tuple(s for s in value if s)
 
 

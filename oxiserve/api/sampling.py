@@ -23,10 +23,10 @@ class SamplingParams:
     top_logprobs: int
 
 
-def read_sampling(body: dict[str, Any], *, chat: bool = True) -> SamplingParams:
-    max_tokens = params.get_int(body, "max_tokens", minimum=1)
+def read_sampling(body: dict[str, Any], limit: int, *, chat: bool = True) -> SamplingParams:
+    max_tokens = params.get_int(body, "max_tokens", minimum=1, maximum=limit)
     if chat:
-        newer = params.get_int(body, "max_completion_tokens", minimum=1)
+        newer = params.get_int(body, "max_completion_tokens", minimum=1, maximum=limit)
         if newer is not None:
             max_tokens = newer if max_tokens is None else min(max_tokens, newer)
     stream = params.get_bool(body, "stream")
