@@ -199,3 +199,32 @@ async def test_shutdown_timeout_aborts_what_is_still_running() -> None:
         assert loop.time() - started < 4
         assert await client.closed_by_server()
         await client.close()
+
+
+async def test_pipelined_flood_during_a_slow_request_is_not_buffered_without_bound() -> None:
+    async with running(sim_ttft_ms=300) as server:
+        client = await RawClient.connect(server)
+        body = b'{"model":"oxiserve-sim","messages":[{"role":"user","content":"hi"}]}'
+        await client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await wait_until(lambda: in_flight(server))
+        flood = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n" * 30_000  # 1 MB, pipelined
+        client.writer.write(flood)
+        (conn,) = server.context.connections
+        peak = 0
+
+        def watch() -> bool:
+            nonlocal peak
+            peak = max(peak, len(conn._backlog))
+            return not in_flight(server) or peak > 2_000_000
+
+        await wait_until(watch)
+        assert peak < 512 * 1024  # reading paused; the kernel holds the rest
+        status, _, _ = await client.read_response()
+        assert status == 200
+        for _ in range(30_000):  # every pipelined request is still answered, in order
+            status, _, data = await client.read_response()
+            assert (status, data) == (200, b'{"status":"ok"}')
+        await client.close()
