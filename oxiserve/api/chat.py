@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -23,10 +24,7 @@ FINGERPRINT = "fp_oxiserve"
 
 
 def register(router: Router, state: AppState) -> None:
-    async def create(request: Request) -> Response | StreamResponse:
-        return await create_chat_completion(state, request)
-
-    router.add("POST", "/v1/chat/completions", create)
+    router.add("POST", "/v1/chat/completions", functools.partial(create_chat_completion, state))
 
 
 async def create_chat_completion(state: AppState, request: Request) -> Response | StreamResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -24,10 +25,7 @@ MAX_PROMPTS = 16
 
 
 def register(router: Router, state: AppState) -> None:
-    async def create(request: Request) -> Response | StreamResponse:
-        return await create_completion(state, request)
-
-    router.add("POST", "/v1/completions", create)
+    router.add("POST", "/v1/completions", functools.partial(create_completion, state))
 
 
 def read_prompts(body: dict[str, Any]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import struct
 from typing import Any
 
@@ -18,10 +19,7 @@ MAX_INPUTS = 2048
 
 
 def register(router: Router, state: AppState) -> None:
-    async def create(request: Request) -> Response:
-        return await create_embeddings(state, request)
-
-    router.add("POST", "/v1/embeddings", create)
+    router.add("POST", "/v1/embeddings", functools.partial(create_embeddings, state))
 
 
 def read_inputs(body: dict[str, Any]) -> list[str]:

@@ -127,28 +127,41 @@ async def collect(
 ) -> list[ChoiceResult]:
     """Non-streaming: run every choice to the end and return the results."""
 
-    async def one(request: GenerationRequest) -> ChoiceResult:
-        result = ChoiceResult(request.choice_index)
-        pieces: list[str] = []
-
-        def emit(text: str, logprobs: list[TokenLogprob]) -> None:
-            pieces.append(text)
-            result.logprobs.extend(logprobs)
-
-        await run_choice(engine.generate(request), result, stops, emit)
-        result.text = "".join(pieces)
-        return result
-
     try:
         if len(requests) == 1:
-            return [await one(requests[0])]
+            return [await collect_choice(engine, requests[0], stops)]
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(r)) for r in requests]
+            tasks = [group.create_task(collect_choice(engine, r, stops)) for r in requests]
         return [t.result() for t in tasks]
     except EngineError as exc:
         raise api_error(exc) from None
     except ExceptionGroup as group_error:
         raise _first_api_error(group_error) from None
+
+
+async def collect_choice(
+    engine: Engine, request: GenerationRequest, stops: tuple[str, ...]
+) -> ChoiceResult:
+    result = ChoiceResult(request.choice_index)
+    stream = engine.generate(request)
+    if not stops and not request.logprobs:  # the common case: just gather the text
+        try:
+            result.text = "".join([text async for text in stream])
+        finally:
+            await stream.aclose()
+        result.usage = stream.usage
+        result.tool_calls = list(stream.tool_calls)
+        result.finish_reason = stream.finish_reason or "stop"
+        return result
+    pieces: list[str] = []
+
+    def emit(text: str, logprobs: list[TokenLogprob]) -> None:
+        pieces.append(text)
+        result.logprobs.extend(logprobs)
+
+    await run_choice(stream, result, stops, emit)
+    result.text = "".join(pieces)
+    return result
 
 
 class StreamJob:
