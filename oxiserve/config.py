@@ -44,6 +44,7 @@ class Config:
     header_timeout: float = _opt(10.0, "seconds to receive a request's headers")
     body_timeout: float = _opt(30.0, "seconds to receive a request's body")
     keepalive_timeout: float = _opt(15.0, "seconds an idle keep-alive connection is kept")
+    write_timeout: float = _opt(60.0, "seconds a client may leave our writes unread (then dropped)")
     max_connections: int = _opt(1024, "max concurrent connections (more get 503)")
     write_buffer_limit: int = _opt(
         256 * 1024, "bytes buffered for a slow reader before the server stops writing"

@@ -24,7 +24,7 @@ class FakeTransport:
 def make(coalesce: float, paused: bool = False) -> tuple[ChunkedWriter, FakeTransport]:
     transport = FakeTransport()
     loop = asyncio.get_running_loop()
-    return ChunkedWriter(cast(Any, transport), loop, coalesce, paused), transport
+    return ChunkedWriter(cast(Any, transport), loop, coalesce, paused=paused), transport
 
 
 async def decode(writes: list[bytes]) -> bytes:
@@ -87,3 +87,33 @@ async def test_paused_writer_holds_gathered_frames_until_resume() -> None:
     assert resumed == [4]  # the gathered frames went out before the listener ran
     writer.finish()
     assert await decode(transport.writes) == b"01234"
+
+
+async def test_head_goes_out_with_the_first_frame_and_last_chunk_with_the_last() -> None:
+    transport = FakeTransport()
+    loop = asyncio.get_running_loop()
+    writer = ChunkedWriter(cast(Any, transport), loop, 10.0, head=b"HEAD\r\n\r\n")
+    assert transport.writes == []
+    for frame in (b"a", b"b", b"c", b"d"):
+        writer.write(frame)
+    assert transport.writes[0] == b"HEAD\r\n\r\n1\r\na\r\n"
+    writer.finish()
+    assert transport.writes[-1] == b"1\r\nd\r\n0\r\n\r\n"  # gathered frame + last chunk, one send
+
+
+async def test_empty_stream_and_head_only_responses() -> None:
+    transport = FakeTransport()
+    loop = asyncio.get_running_loop()
+    ChunkedWriter(cast(Any, transport), loop, 0.0, head=b"H|").finish()
+    ChunkedWriter(cast(Any, transport), loop, 0.0, head=b"HEAD-ONLY|").finish(body=False)
+    assert transport.writes == [b"H|0\r\n\r\n", b"HEAD-ONLY|"]
+
+
+async def test_close_delimited_body_has_no_chunk_framing() -> None:
+    transport = FakeTransport()
+    loop = asyncio.get_running_loop()
+    writer = ChunkedWriter(cast(Any, transport), loop, 0.0, head=b"H|", chunked=False)
+    writer.write(b"data: 1\n\n")
+    writer.write(b"data: 2\n\n")
+    writer.finish()
+    assert b"".join(transport.writes) == b"H|data: 1\n\ndata: 2\n\n"

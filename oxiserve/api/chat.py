@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from oxiserve.api import chat_request
-from oxiserve.api.sampling import SamplingParams, read_sampling
+from oxiserve.api.sampling import SamplingParams, check_budget, read_sampling
 from oxiserve.api.state import AppState
 from oxiserve.api.streaming import ChoiceResult, StreamJob, collect, total_usage
 from oxiserve.engine.base import GenerationRequest, TokenLogprob, ToolCall, Usage
@@ -31,6 +31,7 @@ async def create_chat_completion(state: AppState, request: Request) -> Response 
     body = request.json()
     chat = chat_request.parse(body)
     sampling = read_sampling(body, state.config.max_tokens_limit)
+    check_budget(sampling, 1, state.config.max_tokens_limit)
     model = state.model(chat.model).id
     headers = {k: v for k, v in request.headers.items() if k.startswith("x-sim-")}
     requests = [

@@ -105,7 +105,7 @@ def _tools(body: dict[str, Any]) -> tuple[ToolSpec, ...]:
         where = f"tools[{i}]"
         if not isinstance(tool, dict) or tool.get("type", "function") != "function":
             raise InvalidRequest(f"Invalid '{where}': expected a function tool.", param=where)
-        function = params.get_object(tool, "function")
+        function = params.get_object(tool, "function", f"{where}.function")
         if function is None:
             raise params.missing(f"{where}.function")
         name = params.get_str(function, "name", param=f"{where}.function.name")
@@ -114,9 +114,11 @@ def _tools(body: dict[str, Any]) -> tuple[ToolSpec, ...]:
                 f"Invalid '{where}.function.name': use a-z, A-Z, 0-9, _ and - (at most 64).",
                 param=f"{where}.function.name", code="invalid_value",
             )  # fmt: skip
-        parameters = params.get_object(function, "parameters") or {}
-        description = params.get_str(function, "description", "")
-        tools.append(ToolSpec(name, description, parameters))
+        parameters = params.get_object(function, "parameters", f"{where}.function.parameters")
+        description = params.get_str(
+            function, "description", "", param=f"{where}.function.description"
+        )
+        tools.append(ToolSpec(name, description, parameters or {}))
     return tuple(tools)
 
 

@@ -12,7 +12,7 @@ import orjson
 
 from oxiserve.api import params
 from oxiserve.api.chat import usage_object
-from oxiserve.api.sampling import SamplingParams, read_sampling
+from oxiserve.api.sampling import SamplingParams, check_budget, read_sampling
 from oxiserve.api.state import AppState
 from oxiserve.api.streaming import ChoiceResult, StreamJob, collect, total_usage
 from oxiserve.engine.base import GenerationRequest, TokenLogprob, ToolCall, Usage
@@ -59,6 +59,7 @@ async def create_completion(state: AppState, request: Request) -> Response | Str
     model = state.model(params.get_str(body, "model")).id
     prompts = read_prompts(body)
     sampling = read_sampling(body, state.config.max_tokens_limit, chat=False)
+    check_budget(sampling, len(prompts), state.config.max_tokens_limit)
     echo = params.get_bool(body, "echo")
     params.get_str(body, "suffix", None)
     headers = {k: v for k, v in request.headers.items() if k.startswith("x-sim-")}

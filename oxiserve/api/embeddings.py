@@ -16,6 +16,8 @@ from oxiserve.http.messages import Request, Response, json_response
 from oxiserve.http.router import Router
 
 MAX_INPUTS = 2048
+MAX_DIMENSIONS = 8192
+MAX_FLOATS = 2**21  # inputs x dimensions per request: bounds the response (~40 MB of JSON)
 
 
 def register(router: Router, state: AppState) -> None:
@@ -69,7 +71,14 @@ async def create_embeddings(state: AppState, request: Request) -> Response:
             "Invalid 'encoding_format': use 'float' or 'base64'.",
             param="encoding_format", code="invalid_value",
         )  # fmt: skip
-    dimensions = params.get_int(body, "dimensions", minimum=1, maximum=65536)
+    dimensions = params.get_int(body, "dimensions", minimum=1, maximum=MAX_DIMENSIONS)
+    size = len(inputs) * (dimensions or state.config.sim_embedding_dim)
+    if size > MAX_FLOATS:
+        raise InvalidRequest(
+            f"This request asks for {size} numbers (inputs x dimensions), more than "
+            f"{MAX_FLOATS}; send fewer inputs per request.",
+            param="input",
+        )
     params.get_str(body, "user", None)
     try:
         vectors = await state.engine.embed(model, inputs, dimensions)

@@ -99,12 +99,12 @@ def get_number(
     return float(value)
 
 
-def get_object(body: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+def get_object(body: Mapping[str, Any], name: str, param: str = "") -> dict[str, Any] | None:
     value = body.get(name)
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise _wrong(name, "an object", value)
+        raise _wrong(param or name, "an object", value)
     return value
 
 

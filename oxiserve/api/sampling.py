@@ -63,3 +63,22 @@ def read_sampling(body: dict[str, Any], limit: int, *, chat: bool = True) -> Sam
         logprobs=logprobs,
         top_logprobs=top_logprobs,
     )
+
+
+def check_budget(sampling: SamplingParams, prompts: int, limit: int) -> None:
+    """Refuse requests whose worst case (choices x max_tokens, logprobs included) is too big.
+
+    A 150-byte request must not make the server produce hundreds of megabytes.
+    """
+    if sampling.max_tokens is None:
+        return
+    per_token = 1 + sampling.top_logprobs if sampling.logprobs else 1
+    total = prompts * sampling.n * sampling.max_tokens * per_token
+    if total > limit:
+        raise InvalidRequest(
+            f"This request asks for up to {total} tokens (prompts x n x max_tokens"
+            f"{' x (1 + top_logprobs)' if per_token > 1 else ''}), more than this server's "
+            f"limit of {limit}; lower max_tokens.",
+            param="max_tokens",
+            code="invalid_value",
+        )

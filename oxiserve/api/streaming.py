@@ -192,16 +192,20 @@ class StreamJob:
         self._stops = stops
         self._include_usage = include_usage
         self._done_frame = done_frame
+        self._streaming = False  # True once the response head may have gone out
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def wait_started(self, timeout: float) -> None:
         """Wait for the first frame (or failure), at most ``timeout``; raise a pre-stream error."""
         if timeout > 0:
             # A slow first token: start the stream anyway, pings keep it alive.
+            # (asyncio.timeout, unlike wait_for, needs no extra task per request.)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.topic.wait_first(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.topic.wait_first()
         if self.error is not None:
             raise self.error
+        self._streaming = True  # from here on, failures go into the stream
 
     def response(
         self, keepalive: float, headers: tuple[tuple[str, str], ...] = ()
@@ -239,7 +243,7 @@ class StreamJob:
             self._fail(ServerError("The engine failed while generating."))
 
     def _fail(self, error: APIError) -> None:
-        if self.topic.seq == 0:
+        if not self._streaming:
             self.error = error
             self.topic.close()
         else:

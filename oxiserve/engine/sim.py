@@ -331,7 +331,16 @@ class SimStream:
 
     def _call_tool(self, tool: ToolSpec) -> None:
         rng = self._plan.rng
-        arguments = orjson.dumps(sim_text.sample_json(tool.parameters, rng)).decode()
+        try:
+            arguments = orjson.dumps(sim_text.sample_json(tool.parameters, rng)).decode()
+        except (ValueError, TypeError, ArithmeticError, RecursionError, orjson.JSONEncodeError):
+            self._stop(None)
+            raise EngineError(
+                f"The simulator cannot generate arguments for the parameters schema of "
+                f"tool '{tool.name}' (too large, infinite or malformed).",
+                status=400,
+                code="invalid_tool_schema",
+            ) from None
         self.tool_calls.append(ToolCall(f"call_{rng.randbytes(12).hex()}", tool.name, arguments))
         self.usage.completion_tokens += sim_text.count_tokens(arguments)
 

@@ -88,6 +88,14 @@ def token_logprob(token: str, rng: Random, top_n: int) -> TokenLogprob:
 _MAX_DEPTH = 8  # deeper than this, objects get only required members and arrays minItems
 _GIVE_UP_DEPTH = 64  # a schema that requires itself has no finite instance; stop somewhere
 _INT_LIMIT = 2**53 - 1  # keeps integers exact in every JSON parser
+_NODE_BUDGET = 5000  # values generated per schema: a self-requiring schema must not explode
+_MAX_COUNT = 512  # largest minItems / minProperties / minLength the sampler will honour
+
+
+class SchemaTooLarge(ValueError):
+    """The schema's smallest instance is too big (or infinite) to simulate."""
+
+
 _NUMBER_HINTS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 
 
@@ -138,14 +146,27 @@ def _limit(
     return inclusive, exclusive is True and inclusive is not None
 
 
+def _count(value: object) -> int:
+    """A schema's min* count (0 when absent); SchemaTooLarge beyond what we simulate."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return 0
+    if value > _MAX_COUNT:
+        raise SchemaTooLarge(f"a minimum count of {value} is more than {_MAX_COUNT}")
+    return value
+
+
 class _Sampler:
     """Walks one schema; ``root`` resolves ``$ref``s of the form ``#/...``."""
 
     def __init__(self, root: Mapping[str, Any], rng: Random) -> None:
         self.root = root
         self.rng = rng
+        self.budget = _NODE_BUDGET
 
     def value(self, schema: object, depth: int) -> Any:
+        self.budget -= 1
+        if self.budget < 0:
+            raise SchemaTooLarge(f"the schema needs more than {_NODE_BUDGET} values")
         if not isinstance(schema, Mapping) or depth > _GIVE_UP_DEPTH:
             return self.rng.choice(LOREM_WORDS)
         resolved = self._resolve(schema.get("$ref"))
@@ -218,8 +239,8 @@ class _Sampler:
         for name in required:
             if name not in out:
                 out[name] = self.value(extra if isinstance(extra, Mapping) else {}, depth + 1)
-        wanted = schema.get("minProperties")
-        if isinstance(wanted, int) and extra is not False:
+        wanted = _count(schema.get("minProperties"))
+        if wanted and extra is not False:
             while len(out) < wanted:
                 out[f"field{len(out) + 1}"] = self.value(extra or {}, depth + 1)
         return out
@@ -228,8 +249,7 @@ class _Sampler:
         prefix = schema.get("prefixItems")
         prefix = prefix if isinstance(prefix, list) else []
         items = schema.get("items")
-        low = schema.get("minItems")
-        low = low if isinstance(low, int) and low > 0 else 0
+        low = _count(schema.get("minItems"))
         high = schema.get("maxItems")
         high = high if isinstance(high, int) and high >= low else low + 3
         if items is False:
@@ -295,8 +315,8 @@ class _Sampler:
             text = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         else:
             text = " ".join([word, *rng.choices(LOREM_WORDS, k=rng.randint(0, 2))])
-        low, high = schema.get("minLength"), schema.get("maxLength")
-        if isinstance(low, int) and len(text) < low:
+        low, high = _count(schema.get("minLength")), schema.get("maxLength")
+        if len(text) < low:
             text += "x" * (low - len(text))
         if isinstance(high, int) and high >= 0 and len(text) > high:
             text = text[:high]

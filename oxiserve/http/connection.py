@@ -89,7 +89,8 @@ class Connection(asyncio.Protocol):
         self._status = 0
         self._sent = 0
         self._in_parse = False
-        self._eof = False
+        self._stalled = False  # the client is not reading our answers: parse nothing more
+        self._paused_at = 0.0
         self._fields: dict[str, str] = {}
 
     # -- asyncio.Protocol --------------------------------------------------------------
@@ -105,7 +106,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         phase = self.phase
-        if phase is Phase.HANDLING:
+        if phase is Phase.HANDLING or self._stalled:
             self._backlog += data
             if len(self._backlog) > _BACKLOG_LIMIT and not self._reading_paused:
                 self._reading_paused = True
@@ -121,9 +122,11 @@ class Connection(asyncio.Protocol):
         self._parse()
 
     def eof_received(self) -> bool:
-        if self.phase is Phase.HANDLING:
-            self._eof = True  # answer what was asked (pipelined too), then close
-            return True
+        # A client that closes its side while we work on its request has given up on it
+        # (HTTP clients do not half-close to wait for an answer): stop working for it.
+        # Requests answered synchronously were answered before this was called.
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
         if self.phase in (Phase.HEADERS, Phase.BODY):
             self._parser.receive_data(b"")
             self._parse()
@@ -140,6 +143,7 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._paused_at = self.ctx.loop.time()
         if self._writer is not None:
             self._writer.flow(paused=True)
 
@@ -147,6 +151,10 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         if self._writer is not None:
             self._writer.flow(paused=False)
+        if self._stalled and self.phase is Phase.IDLE:
+            self._stalled = False
+            pending, self._backlog = bytes(self._backlog), bytearray()
+            self._continue(pending)
 
     # -- parsing ---------------------------------------------------------------------
 
@@ -316,30 +324,32 @@ class Connection(asyncio.Protocol):
         transport, request = self.transport, self._request
         if transport is None or request is None or self.phase is Phase.CLOSED:
             return
+        # HTTP/1.0 has no chunked encoding: the body ends when the connection closes.
+        chunked = request.http_version == "1.1"
+        close = not self._keep_alive or self.ctx.closing or not chunked
         head = wire.response_head(
             response.status, response.content_type, request.request_id,
-            content_length=None, headers=response.headers, close=not self._keep_alive,
+            content_length=None if chunked else -1, headers=response.headers, close=close,
         )  # fmt: skip
-        transport.write(head)
         self._status = response.status
         writer = self._writer = ChunkedWriter(
-            transport, self.ctx.loop, self.ctx.config.stream_coalesce_ms / 1000, self._write_paused
-        )
+            transport, self.ctx.loop, self.ctx.config.stream_coalesce_ms / 1000,
+            paused=self._write_paused, head=head, chunked=chunked,
+        )  # fmt: skip
         try:
             if request.method != "HEAD":
                 await response.producer(writer)
         except Exception:
-            # The head is out: the only honest signal left is a broken chunked body.
+            # The head may be out: the only honest signal left is a broken body.
             log.exception("stream failed (request %s)", request.request_id)
             transport.abort()
             return
         finally:
             self._writer = None
             self._sent = writer.sent
-            writer.finish()
         if not self.closed:  # the client may have left while we streamed
-            transport.write(wire.LAST_CHUNK)
-            self._finish_cycle(not self._keep_alive or self.ctx.closing)
+            writer.finish(body=request.method != "HEAD")
+            self._finish_cycle(close)
 
     def _finish_cycle(self, close: bool) -> None:
         request = self._request
@@ -353,11 +363,23 @@ class Connection(asyncio.Protocol):
         self._task = None
         leftover, _ = self._parser.trailing_data
         pending = leftover + bytes(self._backlog) if self._backlog else leftover
-        if close or (self._eof and not pending):
+        if close:
             self._close()
             return
-        self._parser = self.ctx.new_parser()
         self._backlog = bytearray()
+        self.phase = Phase.IDLE
+        self.deadline = self.ctx.loop.time() + self.ctx.config.keepalive_timeout
+        if self._write_paused:
+            # The client is not reading what we send: answer nothing more until it does,
+            # so pipelined requests cannot pile responses up in our write buffer.
+            self._stalled = True
+            self._backlog += pending
+            return
+        self._continue(pending)
+
+    def _continue(self, pending: bytes) -> None:
+        """Start the next request cycle with the bytes already received."""
+        self._parser = self.ctx.new_parser()
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
@@ -370,8 +392,6 @@ class Connection(asyncio.Protocol):
         self.phase = Phase.HEADERS
         self.deadline = self.ctx.loop.time() + self.ctx.config.header_timeout
         self._parser.receive_data(pending)
-        if self._eof:
-            self._parser.receive_data(b"")
         if not self._in_parse:
             self._parse()
 
@@ -402,6 +422,11 @@ class Connection(asyncio.Protocol):
     def check_timeout(self, now: float) -> None:
         """Called by the server's sweep; closes connections past their deadline."""
         phase = self.phase
+        if self._write_paused and now - self._paused_at > self.ctx.config.write_timeout:
+            log.info("dropping a client that read nothing for %.0fs", now - self._paused_at)
+            self.phase = Phase.CLOSED
+            self.abort()
+            return
         if phase is Phase.HANDLING or phase is Phase.CLOSED or now < self.deadline:
             return
         if phase is Phase.HEADERS or phase is Phase.BODY:

@@ -56,6 +56,8 @@ async def pump(topic: Topic, writer: BodyWriter, keepalive: float) -> None:
 
     writer.set_flow_listener(subscriber.detach, resume)
     try:
+        if topic.seq == 0 and not topic.closed:
+            writer.write(PING)  # no first token yet: open the stream now, pings follow
         if not writer.paused:
             subscriber.attach(writer.write)
         if keepalive > 0:

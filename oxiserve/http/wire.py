@@ -52,12 +52,16 @@ def response_head(
     headers: Headers = (),
     close: bool = False,
 ) -> bytes:
-    """Status line and headers of a response; ``content_length`` None means chunked."""
-    framing = (
-        b"transfer-encoding: chunked\r\n"
-        if content_length is None
-        else b"content-length: %d\r\n" % content_length
-    )
+    """Status line and headers of a response.
+
+    ``content_length`` None means chunked; -1 means neither (the body ends at close).
+    """
+    if content_length is None:
+        framing = b"transfer-encoding: chunked\r\n"
+    elif content_length < 0:
+        framing = b""
+    else:
+        framing = b"content-length: %d\r\n" % content_length
     return b"%scontent-type: %s\r\n%sx-request-id: %s\r\ndate: %s\r\n%s%s\r\n" % (
         status_line(status),
         content_type.encode("latin-1"),

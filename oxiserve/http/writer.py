@@ -1,10 +1,10 @@
-"""ChunkedWriter: the BodyWriter of streaming responses (chunk framing, flow state, coalescing).
+"""ChunkedWriter: the BodyWriter of streaming responses (framing, flow state, coalescing).
 
-A socket send costs more than everything else a streamed event costs, so a
-busy stream's frames are gathered into one chunk per ``coalesce`` seconds.
-A quiet stream is not delayed: its first frames, and any frame after a quiet
-spell of ``coalesce`` seconds, are written at once.  Frames the client should
-see together (one batch from the ring) arrive in one ``write`` call anyway.
+A socket send costs more than everything else a streamed event costs, so:
+- the response head goes out with the first frames, and the last chunk with the last ones;
+- a busy stream's frames are gathered into one chunk per ``coalesce`` seconds.  A quiet
+  stream is not delayed: its first frames, and any frame after a quiet spell of
+  ``coalesce`` seconds, are written at once.
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from oxiserve.http.wire import LAST_CHUNK
+
 _IMMEDIATE_FRAMES = 2  # the first frames of a stream (role chunk, first token) never wait
 _MAX_GATHER = 16 * 1024  # bytes gathered before writing anyway (bounds one write's size)
 
 
 class ChunkedWriter:
     __slots__ = (
-        "_coalesce", "_immediate", "_loop", "_lost", "_on_pause", "_on_resume", "_paused",
-        "_pending", "_pending_size", "_timer", "_transport", "sent",
+        "_chunked", "_coalesce", "_head", "_immediate", "_loop", "_lost", "_on_pause",
+        "_on_resume", "_paused", "_pending", "_pending_size", "_timer", "_transport", "sent",
     )  # fmt: skip
 
     def __init__(
@@ -27,11 +29,16 @@ class ChunkedWriter:
         transport: asyncio.Transport,
         loop: asyncio.AbstractEventLoop,
         coalesce: float,
-        paused: bool,
+        *,
+        paused: bool = False,
+        head: bytes = b"",
+        chunked: bool = True,
     ) -> None:
         self._transport = transport
         self._loop = loop
         self._coalesce = coalesce
+        self._head = head  # written with the first bytes of the body
+        self._chunked = chunked  # False: HTTP/1.0, the body ends when the connection closes
         self._immediate = _IMMEDIATE_FRAMES
         self._pending: list[bytes] | None = None  # not None: a gathering window is open
         self._pending_size = 0
@@ -61,12 +68,24 @@ class ChunkedWriter:
             if self._pending_size > _MAX_GATHER and not self._paused:
                 self._write_pending()
             return
-        self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self._send(data)
         if self._immediate:
             self._immediate -= 1
         elif self._coalesce > 0:
             self._pending = []
             self._timer = self._loop.call_later(self._coalesce, self._flush)
+
+    def _send(self, data: bytes, last: bool = False) -> None:
+        if self._chunked:
+            framed = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+            if last:
+                framed += LAST_CHUNK
+        else:
+            framed = data
+        if self._head:
+            framed, self._head = self._head + framed, b""
+        if framed and not self._transport.is_closing():
+            self._transport.write(framed)
 
     def _flush(self) -> None:
         self._timer = None
@@ -78,22 +97,25 @@ class ChunkedWriter:
         self._write_pending()
         self._timer = self._loop.call_later(self._coalesce, self._flush)
 
-    def _write_pending(self) -> None:
+    def _write_pending(self, last: bool = False) -> None:
         pending = self._pending
-        if not pending:
-            return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        self._pending = []
-        self._pending_size = 0
-        if not self._transport.is_closing():
-            self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        data = b"" if not pending else pending[0] if len(pending) == 1 else b"".join(pending)
+        if pending is not None:
+            self._pending = []
+            self._pending_size = 0
+        if data or last:
+            self._send(data, last)
 
-    def finish(self) -> None:
-        """Write what is gathered and stop gathering (end of the stream)."""
+    def finish(self, *, body: bool = True) -> None:
+        """End the response: what is gathered, then the last chunk (just the head if no body)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._write_pending()
+        if body:
+            self._write_pending(last=True)
+        elif self._head and not self._transport.is_closing():
+            self._transport.write(self._head)
+            self._head = b""
         self._pending = None
 
     def set_flow_listener(

@@ -1,0 +1,162 @@
+"""Hostile and careless clients: small requests asking for huge work, clients that stop reading
+or leave, and errors at awkward moments. The server must answer cleanly and stay healthy."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import orjson
+import pytest
+
+from oxiserve import Server
+from oxiserve.engine.sim import SimEngine
+from tests.conftest import RawClient, in_flight, running, wait_until
+from tests.test_chat import MODEL, USER, raw_post, sse_data
+
+SELF = {"$ref": "#"}
+
+
+async def healthy(server: Server) -> bool:
+    client = await RawClient.connect(server)
+    await client.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, _, _ = await client.read_response(timeout=2)
+    await client.close()
+    return status == 200
+
+
+def sim(server: Server) -> SimEngine:
+    assert server.state is not None
+    engine = server.state.engine
+    assert isinstance(engine, SimEngine)
+    return engine
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "required": ["l", "r"], "properties": {"l": SELF, "r": SELF}},
+        {"type": "object", "properties": {f"p{i}": SELF for i in range(40)}},
+        {"type": "array", "minItems": 1_000_000_000},
+        {"type": "object", "minProperties": 2_000_000},
+        {"type": "string", "minLength": 50_000_000},
+        {"type": "number", "multipleOf": 1e-320},
+        {"type": "integer", "minimum": 1e308, "multipleOf": 1e300},
+        {"allOf": 5},
+        {"anyOf": [1, {"properties": 5}]},
+    ],
+)
+async def test_tool_schemas_that_cannot_be_simulated_are_400(
+    server: Server, schema: dict[str, Any]
+) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
+    body = {"model": MODEL, "messages": USER, "tools": tools, "tool_choice": "required"}
+    status, payload = await asyncio.wait_for(raw_post(server, "/v1/chat/completions", body), 5)
+    assert status == 400
+    assert orjson.loads(payload)["error"]["code"] in ("invalid_tool_schema", "invalid_type")
+    assert await healthy(server)
+    assert sim(server).active_generations == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions",
+         {"model": MODEL, "messages": USER, "max_tokens": 131072, "logprobs": True,
+          "top_logprobs": 20}),
+        ("/v1/chat/completions", {"model": MODEL, "messages": USER, "max_tokens": 131072, "n": 8}),
+        ("/v1/completions",
+         {"model": MODEL, "prompt": ["p"] * 16, "n": 8, "max_tokens": 131072}),
+        ("/v1/embeddings", {"model": MODEL, "input": ["x"] * 512, "dimensions": 8192}),
+        ("/v1/embeddings", {"model": MODEL, "input": "x", "dimensions": 65536}),
+    ],
+)  # fmt: skip
+async def test_small_requests_asking_for_huge_work_are_refused(
+    server: Server, path: str, body: dict[str, Any]
+) -> None:
+    status, payload = await raw_post(server, path, body)
+    assert status == 400
+    assert orjson.loads(payload)["error"]["param"] in ("max_tokens", "input", "dimensions")
+
+
+async def test_error_after_the_head_went_out_is_an_error_frame() -> None:
+    async with running(sse_keepalive=0) as server:
+        status, payload = await raw_post(
+            server, "/v1/chat/completions", {"model": MODEL, "messages": USER, "stream": True},
+            b"x-sim-error: 429\r\n",
+        )  # fmt: skip
+    assert status == 200
+    frames = sse_data(payload)
+    assert orjson.loads(frames[-1])["error"]["code"] == "rate_limit_exceeded"
+    assert b"[DONE]" not in frames
+
+
+async def test_client_closing_during_a_non_stream_request_stops_generation() -> None:
+    async with running(sim_itl_ms=10, sim_max_concurrency=1) as server:
+        client = await RawClient.connect(server)
+        data = orjson.dumps({"model": MODEL, "messages": USER, "max_tokens": 1000})
+        await client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(data), data)
+        )
+        await wait_until(lambda: sim(server).active_generations == 1)
+        client.writer.write_eof()  # the client gives up (FIN, not RST)
+        await wait_until(lambda: sim(server).active_generations == 0, timeout=2)
+        assert sim(server).tokens_produced < 1000
+        assert await healthy(server)
+        await client.close()
+
+
+async def test_pipelining_client_that_never_reads_is_not_buffered_without_bound() -> None:
+    async with running(write_buffer_limit=16 * 1024) as server:
+        sock = socket.create_connection((server.host, server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        request = b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n" * 1000
+        peak = 0
+        try:
+            for _ in range(60):  # ~2.2 MB of requests, never reading an answer
+                try:
+                    await asyncio.wait_for(loop.sock_sendall(sock, request), 0.2)
+                except TimeoutError:
+                    break  # the server stopped reading: the kernel's buffers are full
+                peak = max(peak, server.context.buffered_bytes())
+            peak = max(peak, server.context.buffered_bytes())
+        finally:
+            sock.close()
+        assert peak < 16 * 1024 + 64 * 1024
+
+
+async def test_stream_to_a_client_that_reads_nothing_is_dropped_after_write_timeout() -> None:
+    async with running(write_timeout=0.3, write_buffer_limit=8 * 1024) as server:
+        sock = socket.create_connection((server.host, server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        data = orjson.dumps({"model": MODEL, "messages": USER, "stream": True, "max_tokens": 50000})
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(data), data)
+        )
+        try:
+            await wait_until(lambda: in_flight(server))
+            await wait_until(lambda: not server.context.connections, timeout=5)
+        finally:
+            sock.close()
+        assert await healthy(server)
+
+
+async def test_http_1_0_stream_is_close_delimited_not_chunked(server: Server) -> None:
+    client = await RawClient.connect(server)
+    data = orjson.dumps({"model": MODEL, "messages": USER, "stream": True, "max_tokens": 3})
+    await client.send(
+        b"POST /v1/chat/completions HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data)
+    )
+    everything = await client.read_all()
+    await client.close()
+    head, _, body = everything.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding" not in head
+    assert b"connection: close" in head
+    assert body.startswith(b"data: {")
+    assert body.endswith(b"data: [DONE]\n\n")
