@@ -1,0 +1,238 @@
+"""The ``compare`` command: oxiserve and every peer, one after another, under identical load;
+absolute figures plus ratios oxiserve / peer, checked against the project's goals."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.catalog import OXISERVE, PEERS, SCENARIOS, SERVERS, ServerSpec
+from bench.footprint import Footprint, measure_footprint
+from bench.load import LoadSpec, run_load
+from bench.procs import Pinning, ServerProcess
+from bench.scenarios import Target, Workload
+from bench.stats import Summary
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """How big each measurement is (the full run must finish in minutes on 2 cores)."""
+
+    duration: float = 5.0
+    warmup: float = 0.5
+    long_stream_tokens: int = 10_000
+    streams: int = 32
+    stream_tokens: int = 500
+    json_concurrency: int = 32
+    footprint_runs: int = 5
+    idle_connections: int = 1000
+    import_runs: int = 3
+
+
+FULL = Sizes()
+QUICK = Sizes(duration=1.0, warmup=0.2, stream_tokens=200, footprint_runs=2, import_runs=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    key: str
+    scenario: str
+    concurrency: int
+    max_tokens: int
+
+
+def measurements(sizes: Sizes) -> list[Measurement]:
+    return [
+        Measurement("stream_1", "chat-stream", 1, sizes.long_stream_tokens),
+        Measurement("stream_32", "chat-stream", sizes.streams, sizes.stream_tokens),
+        Measurement("health", "health", sizes.json_concurrency, 16),
+        Measurement("chat", "chat", sizes.json_concurrency, 16),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One row of the comparison: how to read it from a server's figures."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+    source: str  # the measurement (or "footprint") it comes from
+
+
+METRICS = (
+    Metric("events_per_s_1", "streamed events/s, 1 stream of {long} tokens", True, "stream_1"),
+    Metric("events_per_s_32", "streamed events/s, {streams} streams", True, "stream_32"),
+    Metric("cpu_us_per_event_1", "server CPU µs/event, 1 stream", False, "stream_1"),
+    Metric("cpu_us_per_event_32", "server CPU µs/event, {streams} streams", False, "stream_32"),
+    Metric("ttft_p50_ms", "TTFT p50 ms, {streams} streams", False, "stream_32"),
+    Metric("ttft_p99_ms", "TTFT p99 ms, {streams} streams", False, "stream_32"),
+    Metric("health_rps", "GET /health requests/s", True, "health"),
+    Metric("health_cpu_us", "server CPU µs/request, /health", False, "health"),
+    Metric("chat_rps", "non-stream chat requests/s", True, "chat"),
+    Metric("chat_cpu_us", "server CPU µs/request, non-stream chat", False, "chat"),
+    Metric("cold_start_ms", "cold start to first /health 200, ms (min)", False, "footprint"),
+    Metric("idle_rss_mb", "idle RSS, MB", False, "footprint"),
+    Metric("conns_rss_mb", "RSS with {conns} idle keep-alive connections, MB", False, "footprint"),
+    Metric("import_ms", "import time, ms", False, "footprint"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    """oxiserve / peer must be >= (higher-is-better) or <= (lower-is-better) ``ratio``."""
+
+    metric: str
+    peer: str
+    ratio: float
+
+
+GOALS = (
+    Goal("events_per_s_1", "fastapi-sse", 3.0),
+    Goal("events_per_s_32", "fastapi-sse", 3.0),
+    Goal("events_per_s_1", "raw", 1.0),
+    Goal("events_per_s_32", "raw", 1.0),
+    Goal("ttft_p50_ms", "aiohttp", 1.0),
+    Goal("health_rps", "fastapi-sse", 2.5),
+    Goal("chat_rps", "fastapi-sse", 2.5),
+    Goal("cold_start_ms", "raw", 1.5),
+    Goal("idle_rss_mb", "raw", 1.5),
+)
+
+
+def figures_of(summaries: dict[str, Summary], footprint: Footprint | None) -> dict[str, Any]:
+    """The flat figures a server's row cells are read from."""
+    s1, s32 = summaries.get("stream_1"), summaries.get("stream_32")
+    health, chat = summaries.get("health"), summaries.get("chat")
+    ttft = s32.ttft_ms if s32 is not None else None
+    out: dict[str, Any] = {
+        "events_per_s_1": s1 and s1.events_per_s,
+        "events_per_s_32": s32 and s32.events_per_s,
+        "cpu_us_per_event_1": s1 and s1.server_cpu_us_per_event,
+        "cpu_us_per_event_32": s32 and s32.server_cpu_us_per_event,
+        "ttft_p50_ms": ttft and ttft.p50,
+        "ttft_p99_ms": ttft and ttft.p99,
+        "health_rps": health and health.requests_per_s,
+        "health_cpu_us": health and health.server_cpu_us_per_request,
+        "chat_rps": chat and chat.requests_per_s,
+        "chat_cpu_us": chat and chat.server_cpu_us_per_request,
+    }
+    if footprint is not None:
+        out |= {
+            "cold_start_ms": footprint.cold_start_ms,
+            "idle_rss_mb": footprint.idle_rss_mb,
+            "conns_rss_mb": footprint.connections_rss_mb,
+            "import_ms": footprint.import_ms,
+        }
+    return out
+
+
+def client_bound(summary: Summary) -> bool:
+    """The load generator, not the server, was the limit: the client's core was saturated
+    while the server's was not."""
+    if summary.client_cpu_util is None or summary.server_cpu_s is None or not summary.duration_s:
+        return False
+    return summary.client_cpu_util > 0.9 and summary.server_cpu_s / summary.duration_s < 0.85
+
+
+@dataclass(slots=True)
+class ServerResult:
+    """What one server produced (or why it could not be measured)."""
+
+    spec: ServerSpec
+    summaries: dict[str, Summary]
+    footprint: Footprint | None = None
+    failure: str | None = None
+
+    @property
+    def figures(self) -> dict[str, Any]:
+        return figures_of(self.summaries, self.footprint)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.spec.label,
+            "failure": self.failure,
+            "figures": self.figures,
+            "client_bound": [k for k, s in self.summaries.items() if client_bound(s)],
+            "errors": {k: s.errors for k, s in self.summaries.items() if s.errors},
+            "summaries": {k: s.to_dict() for k, s in self.summaries.items()},
+            "footprint": None if self.footprint is None else asdict(self.footprint),
+        }
+
+
+Log = Callable[[str], None]
+
+
+async def measure_load(
+    spec: ServerSpec, sizes: Sizes, pinning: Pinning, extra: tuple[str, ...], log: Log
+) -> dict[str, Summary]:
+    """Start ``spec`` once and run every load measurement against it."""
+    summaries: dict[str, Summary] = {}
+    async with ServerProcess(spec.argv(extra), cpu=pinning.server_cpu) as server:
+        target = Target.parse(server.url)
+        for m in measurements(sizes):
+            workload = Workload(max_tokens=m.max_tokens, include_usage=False)
+            scenario = SCENARIOS[m.scenario](target, workload)
+            warm = LoadSpec(concurrency=m.concurrency, duration=sizes.warmup)
+            await run_load(target.host, target.port, scenario, warm)
+            spec_ = LoadSpec(concurrency=m.concurrency, duration=sizes.duration, timeout=60.0)
+            outcome = await run_load(
+                target.host, target.port, scenario, spec_, server_cpu=server.cpu_seconds
+            )
+            summary = outcome.summary()
+            summaries[m.key] = summary
+            log(_progress_line(m.key, summary))
+    return summaries
+
+
+def _progress_line(key: str, s: Summary) -> str:
+    errors = ", ".join(f"{k} {v}" for k, v in s.errors.items()) or "no errors"
+    rate = f"{s.events_per_s:,.0f} events/s" if s.events else f"{s.requests_per_s:,.0f} req/s"
+    return f"  {key:<10} {s.requests:>7,} requests  {rate:>18}  {errors}"
+
+
+async def compare(
+    servers: Sequence[ServerSpec],
+    sizes: Sizes,
+    *,
+    pinning: Pinning,
+    burst: bool = False,
+    loads: bool = True,
+    footprint: bool = True,
+    log: Log | None = None,
+) -> list[ServerResult]:
+    """Measure each server in turn; a server that fails is reported, not fatal."""
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    results = []
+    for spec in servers:
+        extra = ("--burst",) if burst and spec.peer else ()
+        result = ServerResult(spec, {})
+        say(f"{spec.label}:")
+        try:
+            if loads:
+                result.summaries = await measure_load(spec, sizes, pinning, extra, say)
+            if footprint:
+                say("  footprint ...")
+                result.footprint = await measure_footprint(
+                    spec,
+                    extra,
+                    runs=sizes.footprint_runs,
+                    connections=sizes.idle_connections,
+                    import_runs=sizes.import_runs,
+                    cpu=pinning.server_cpu,
+                )
+        except Exception as exc:  # one broken server must not hide the others' figures
+            result.failure = f"{type(exc).__name__}: {exc}"
+            say(f"  failed: {result.failure}")
+        results.append(result)
+    return results
+
+
+def default_servers(keys: Sequence[str] | None) -> list[ServerSpec]:
+    """The servers to measure, oxiserve first (the ratios' numerator)."""
+    if not keys:
+        return [OXISERVE, *PEERS]
+    chosen = [SERVERS[k] for k in dict.fromkeys(keys)]
+    return sorted(chosen, key=lambda spec: spec.key != OXISERVE.key)

@@ -1,0 +1,1 @@
+"""Reference servers the benchmark compares oxiserve with (run each with ``python -m``)."""
