@@ -13,6 +13,8 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
+	# an editable install has no bytecode yet: compile it once (faster cold starts)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m compileall -q oxiserve bench
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
@@ -39,6 +41,7 @@ fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix oxiserve tests bench scripts
 
 bench: $(VENV)/.installed-bench
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m compileall -q oxiserve bench
 	$(BIN)/python -m bench compare
 
 readme: $(VENV)/.installed-dev

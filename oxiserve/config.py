@@ -54,7 +54,7 @@ class Config:
 
     # Streaming
     sse_keepalive: float = _opt(15.0, "seconds of stream silence before a ': ping' comment")
-    stream_buffer: int = _opt(1024, "frames a stream keeps for slow or late readers")
+    stream_buffer: int = _opt(256, "frames a stream keeps for slow or late readers")
     stream_coalesce_ms: float = _opt(
         1.0,
         "while a stream is busy, frames are gathered into one write per this many ms "

@@ -463,3 +463,18 @@ async def test_logprobs_on_each_content_token(server: Server) -> None:
         if c.choices and c.choices[0].logprobs and c.choices[0].logprobs.content
     ]
     assert sum(len(entries) for entries in streamed) == 4
+
+
+async def test_a_forced_tool_named_like_a_mode_is_still_that_tool(server: Server) -> None:
+    tools: Any = [
+        {"type": "function", "function": {"name": "none", "parameters": {"type": "object"}}},
+        {"type": "function", "function": {"name": "auto", "parameters": {"type": "object"}}},
+    ]
+    for name in ("none", "auto"):
+        result = await sdk(server).chat.completions.create(
+            model=MODEL, messages=USER, tools=tools,
+            tool_choice={"type": "function", "function": {"name": name}},
+        )  # fmt: skip
+        calls = result.choices[0].message.tool_calls
+        assert calls is not None
+        assert [c.function.name for c in calls] == [name]

@@ -479,7 +479,7 @@ async def test_required_tool_call_has_valid_arguments(tool: ToolSpec) -> None:
 async def test_tool_choice_by_name_auto_and_none() -> None:
     sim = engine()
     tools = (WEATHER, SEARCH)
-    named = sim.generate(request(tools=tools, tool_choice="search"))
+    named = sim.generate(request(tools=tools, tool_choice="required", forced_tool="search"))
     await collect(named)
     assert [c.name for c in named.tool_calls] == ["search"]
     for choice in (None, "none"):
@@ -496,7 +496,9 @@ async def test_tool_choice_by_name_auto_and_none() -> None:
 
 
 async def test_unknown_tool_choice_is_an_error() -> None:
-    stream = engine().generate(request(tools=(WEATHER,), tool_choice="nope"))
+    stream = engine().generate(
+        request(tools=(WEATHER,), tool_choice="required", forced_tool="nope")
+    )
     error, _ = await fails_with(stream)
     assert (error.status, error.code) == (400, "invalid_tool_choice")
 

@@ -49,6 +49,7 @@ async def create_chat_completion(state: AppState, request: Request) -> Response 
             choice_index=index,
             tools=chat.tools,
             tool_choice=chat.tool_choice,
+            forced_tool=chat.forced_tool,
             headers=headers,
         )
         for index in range(sampling.n)

@@ -21,7 +21,8 @@ class ChatRequest:
     messages: tuple[ChatMessage, ...]
     prompt: str
     tools: tuple[ToolSpec, ...]
-    tool_choice: str | None
+    tool_choice: str | None  # None, "none", "auto" or "required"
+    forced_tool: str | None  # the function tool_choice names, if it names one
 
 
 def parse(body: Any) -> ChatRequest:
@@ -34,9 +35,9 @@ def parse(body: Any) -> ChatRequest:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
     messages = tuple(_message(m, i) for i, m in enumerate(raw_messages))
     tools = _tools(body)
-    tool_choice = _tool_choice(body, tools)
+    tool_choice, forced_tool = _tool_choice(body, tools)
     _response_format(body)
-    return ChatRequest(model, messages, render_prompt(messages), tools, tool_choice)
+    return ChatRequest(model, messages, render_prompt(messages), tools, tool_choice, forced_tool)
 
 
 def render_prompt(messages: tuple[ChatMessage, ...]) -> str:
@@ -122,10 +123,13 @@ def _tools(body: dict[str, Any]) -> tuple[ToolSpec, ...]:
     return tuple(tools)
 
 
-def _tool_choice(body: dict[str, Any], tools: tuple[ToolSpec, ...]) -> str | None:
+def _tool_choice(
+    body: dict[str, Any], tools: tuple[ToolSpec, ...]
+) -> tuple[str | None, str | None]:
+    """(mode, forced function name) from ``tool_choice``."""
     choice = body.get("tool_choice")
     if choice is None:
-        return "auto" if tools else None
+        return ("auto" if tools else None), None
     if not tools and choice != "none":
         raise InvalidRequest(
             "'tool_choice' is only allowed when 'tools' are specified.", param="tool_choice"
@@ -136,11 +140,11 @@ def _tool_choice(body: dict[str, Any], tools: tuple[ToolSpec, ...]) -> str | Non
                 f"Invalid 'tool_choice': '{choice}'; use 'none', 'auto', 'required' or "
                 "a function.", param="tool_choice", code="invalid_value",
             )  # fmt: skip
-        return choice
+        return choice, None
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         name = choice["function"].get("name")
         if any(tool.name == name for tool in tools):
-            return str(name)
+            return "required", str(name)
         raise InvalidRequest(
             f"Invalid 'tool_choice': no tool named {name!r} in 'tools'.", param="tool_choice"
         )

@@ -64,7 +64,8 @@ class GenerationRequest:
     top_logprobs: int = 0
     choice_index: int = 0
     tools: tuple[ToolSpec, ...] = ()
-    tool_choice: str | None = None  # None/"none"/"auto"/"required" or a function name
+    tool_choice: str | None = None  # None, "none", "auto" or "required"
+    forced_tool: str | None = None  # tool_choice naming one function: call exactly that one
     headers: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -110,22 +110,22 @@ def _header_failure(headers: Mapping[str, str], count: int) -> tuple[_Failure, i
 
 def _header_int(name: str, text: str) -> int:
     digits = text.strip()
-    if not (digits.isascii() and digits.isdigit()):
-        raise ValueError(f"{name} must be a non-negative integer, got {text!r}")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 9:
+        raise ValueError(f"{name} must be a non-negative integer, got {text[:20]!r}")
     return int(digits)
 
 
 def _pick_tool(request: GenerationRequest, roll: float, rng: Random) -> ToolSpec | None:
     """The tool the request makes the simulator call, if any."""
     choice = request.tool_choice
+    if request.tools and request.forced_tool is not None:
+        for tool in request.tools:
+            if tool.name == request.forced_tool:
+                return tool
+        raise LookupError(f"tool_choice names {request.forced_tool!r}, not one of the tools")
     if not request.tools or choice in (None, "none") or (choice == "auto" and roll >= 0.5):
         return None
-    if choice in ("auto", "required"):
-        return rng.choice(request.tools)
-    for tool in request.tools:
-        if tool.name == choice:
-            return tool
-    raise LookupError(f"tool_choice {choice!r} names none of the request's tools")
+    return rng.choice(request.tools)
 
 
 def _text(config: Config, request: GenerationRequest) -> tuple[list[str] | None, int, bool]:

@@ -7,7 +7,6 @@ h11 costs more than the rest of a small request put together (see PERF-FACTS).
 from __future__ import annotations
 
 import time
-from email.utils import formatdate
 from http import HTTPStatus
 
 from oxiserve.http.messages import Headers
@@ -18,6 +17,8 @@ STATUS_LINES: dict[int, bytes] = {
 
 _date_second = 0
 _date_value = b""
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def http_date() -> bytes:
@@ -26,7 +27,11 @@ def http_date() -> bytes:
     now = int(time.time())
     if now != _date_second:
         _date_second = now
-        _date_value = formatdate(now, usegmt=True).encode("ascii")
+        t = time.gmtime(now)  # RFC 9110 IMF-fixdate, locale-independent
+        _date_value = b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+            _DAYS[t.tm_wday].encode(), t.tm_mday, _MONTHS[t.tm_mon - 1].encode(), t.tm_year,
+            t.tm_hour, t.tm_min, t.tm_sec,
+        )  # fmt: skip
     return _date_value
 
 
