@@ -228,3 +228,21 @@ async def test_pipelined_flood_during_a_slow_request_is_not_buffered_without_bou
             status, _, data = await client.read_response()
             assert (status, data) == (200, b'{"status":"ok"}')
         await client.close()
+
+
+async def test_trailing_slash_is_ignored_everywhere(raw: object) -> None:
+    client = await raw()  # type: ignore[operator]
+    for path in (b"/health/", b"/v1/models/", b"/v1/models/oxiserve-sim/"):
+        await client.send(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path)
+        status, _, _ = await client.read_response()
+        assert status == 200, path
+
+
+async def test_protocol_errors_echo_the_request_id(raw: object) -> None:
+    client = await raw()  # type: ignore[operator]
+    await client.send(
+        b"POST /health HTTP/1.1\r\nHost: t\r\nX-Request-Id: trace-7\r\nContent-Length: 1\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    status, headers, _ = await client.read_response()
+    assert (status, headers["x-request-id"]) == (400, "trace-7")

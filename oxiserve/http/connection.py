@@ -175,7 +175,7 @@ class Connection(asyncio.Protocol):
                 else:  # NEED_DATA (PAUSED cannot happen: we stop at EndOfMessage)
                     return
         except h11.RemoteProtocolError as exc:
-            self._reject_now(exc.error_status_hint, f"Malformed HTTP request: {exc}")
+            self._reject_now(exc.error_status_hint, f"Malformed HTTP request: {str(exc)[:200]}")
         except Rejected as exc:
             self._reject_now(exc.status, exc.message)
         finally:
@@ -197,6 +197,7 @@ class Connection(asyncio.Protocol):
                 raise Rejected(400, "Control character in a header value.")
             key, text = name.decode("latin-1"), value.decode("latin-1")
             fields[key] = f"{fields[key]}, {text}" if key in fields else text
+        self._fields = fields
         if size > config.max_header_bytes:
             raise Rejected(
                 431, f"Request header block too large (limit {config.max_header_bytes})."
@@ -207,7 +208,6 @@ class Connection(asyncio.Protocol):
         target = head.target
         if not target.startswith(b"/") and not (target == b"*" and head.method == b"OPTIONS"):
             raise Rejected(400, "Invalid request target.")
-        self._fields = fields
         self._head = head
         self._started = self.ctx.loop.time()
         connection = fields.get("connection")
@@ -360,6 +360,7 @@ class Connection(asyncio.Protocol):
             )  # fmt: skip
         self.ctx.count_request(self._status)
         self._request = None
+        self._fields = {}
         self._task = None
         leftover, _ = self._parser.trailing_data
         pending = leftover + bytes(self._backlog) if self._backlog else leftover
@@ -404,7 +405,8 @@ class Connection(asyncio.Protocol):
             return
         error = error_for_status(status, message, code=_code_for(status))
         body = error.encode()
-        request_id = self._request.request_id if self._request else self.ctx.new_id()
+        given = self._fields.get("x-request-id")
+        request_id = given if given and _REQUEST_ID.fullmatch(given) else self.ctx.new_id()
         transport.write(
             wire.response_head(status, "application/json", request_id,
                                content_length=len(body), close=True) + body

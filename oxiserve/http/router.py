@@ -80,6 +80,8 @@ class Router:
         table[method] = endpoint
 
     def match(self, method: str, path: str) -> Match | MethodMismatch | None:
+        if len(path) > 1 and path[-1] == "/":
+            path = path.rstrip("/") or "/"  # /health/ is /health, as /v1/models/m/ is
         table = self._static.get(path)
         params: dict[str, str] = {}
         if table is None:
