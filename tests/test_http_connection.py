@@ -11,6 +11,12 @@ import pytest
 from oxiserve.http.messages import Request, Response
 from tests.conftest import RawClient, in_flight, mask_volatile, running, wait_until
 
+CHAT_BODY = b'{"model":"oxiserve-sim","messages":[{"role":"user","content":"hi"}]}'
+CHAT = b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (
+    len(CHAT_BODY),
+    CHAT_BODY,
+)
+
 REQUESTS = (
     b"GET /health HTTP/1.1\r\nHost: t\r\nX-Request-Id: a1\r\n\r\n"
     b"GET /v1/models HTTP/1.1\r\nHost: t\r\nX-Request-Id: a2\r\n\r\n"
@@ -162,11 +168,7 @@ async def test_two_embedded_servers_in_one_process() -> None:
 async def test_graceful_shutdown_lets_an_in_flight_request_finish() -> None:
     async with running(sim_ttft_ms=300) as server:
         client = await RawClient.connect(server)
-        body = b'{"model":"oxiserve-sim","messages":[{"role":"user","content":"hi"}]}'
-        await client.send(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
-            % (len(body), body)
-        )
+        await client.send(CHAT)
         idle = await RawClient.connect(server)
         await idle.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
         await idle.read_response()
@@ -187,11 +189,7 @@ async def test_graceful_shutdown_lets_an_in_flight_request_finish() -> None:
 async def test_shutdown_timeout_aborts_what_is_still_running() -> None:
     async with running(sim_ttft_ms=10_000) as server:
         client = await RawClient.connect(server)
-        body = b'{"model":"oxiserve-sim","messages":[{"role":"user","content":"hi"}]}'
-        await client.send(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
-            % (len(body), body)
-        )
+        await client.send(CHAT)
         await wait_until(lambda: in_flight(server))
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -204,11 +202,7 @@ async def test_shutdown_timeout_aborts_what_is_still_running() -> None:
 async def test_pipelined_flood_during_a_slow_request_is_not_buffered_without_bound() -> None:
     async with running(sim_ttft_ms=300) as server:
         client = await RawClient.connect(server)
-        body = b'{"model":"oxiserve-sim","messages":[{"role":"user","content":"hi"}]}'
-        await client.send(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
-            % (len(body), body)
-        )
+        await client.send(CHAT)
         await wait_until(lambda: in_flight(server))
         flood = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n" * 30_000  # 1 MB, pipelined
         client.writer.write(flood)

@@ -13,7 +13,7 @@ import orjson
 from oxiserve.api import chat_request
 from oxiserve.api.sampling import SamplingParams, check_budget, read_sampling
 from oxiserve.api.state import AppState
-from oxiserve.api.streaming import ChoiceResult, StreamJob, collect, total_usage
+from oxiserve.api.streaming import ChoiceResult, collect, start_stream, total_usage
 from oxiserve.engine.base import GenerationRequest, TokenLogprob, ToolCall, Usage
 from oxiserve.errors import APIError
 from oxiserve.http import sse
@@ -60,17 +60,7 @@ async def create_chat_completion(state: AppState, request: Request) -> Response 
         results = await collect(state.engine, requests, sampling.stop)
         return json_response(completion_object(completion_id, created, model, results, sampling))
     encoder = ChatChunkEncoder(completion_id, created, model)
-    job = StreamJob(
-        state.engine, requests, encoder,
-        stops=sampling.stop, include_usage=sampling.include_usage,
-        capacity=state.config.stream_buffer,
-    )  # fmt: skip
-    try:
-        await job.wait_started(state.config.sse_keepalive)
-    except BaseException:
-        job.task.cancel()
-        raise
-    return job.response(state.config.sse_keepalive)
+    return await start_stream(state.engine, requests, encoder, sampling, state.config)
 
 
 def completion_object(

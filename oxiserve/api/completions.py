@@ -14,7 +14,7 @@ from oxiserve.api import params
 from oxiserve.api.chat import usage_object
 from oxiserve.api.sampling import SamplingParams, check_budget, read_sampling
 from oxiserve.api.state import AppState
-from oxiserve.api.streaming import ChoiceResult, StreamJob, collect, total_usage
+from oxiserve.api.streaming import ChoiceResult, collect, start_stream, total_usage
 from oxiserve.engine.base import GenerationRequest, TokenLogprob, ToolCall, Usage
 from oxiserve.errors import APIError, InvalidRequest
 from oxiserve.http import sse
@@ -89,17 +89,7 @@ async def create_completion(state: AppState, request: Request) -> Response | Str
             result.text = echoes.get(result.index, "") + result.text
         return json_response(completion_object(completion_id, created, model, results, sampling))
     encoder = CompletionChunkEncoder(completion_id, created, model, echoes)
-    job = StreamJob(
-        state.engine, requests, encoder,
-        stops=sampling.stop, include_usage=sampling.include_usage,
-        capacity=state.config.stream_buffer,
-    )  # fmt: skip
-    try:
-        await job.wait_started(state.config.sse_keepalive)
-    except BaseException:
-        job.task.cancel()
-        raise
-    return job.response(state.config.sse_keepalive)
+    return await start_stream(state.engine, requests, encoder, sampling, state.config)
 
 
 def completion_object(

@@ -16,8 +16,10 @@ from typing import Protocol
 
 import orjson
 
+from oxiserve.api.sampling import SamplingParams
 from oxiserve.api.stops import StopMatcher
 from oxiserve.broadcast import Topic
+from oxiserve.config import Config
 from oxiserve.engine.base import (
     Engine,
     EngineError,
@@ -302,6 +304,27 @@ class StreamJob:
         result.usage = stream.usage
         result.tool_calls = list(stream.tool_calls)
         result.finish_reason = stream.finish_reason or "stop"
+
+
+async def start_stream(
+    engine: Engine,
+    requests: Sequence[GenerationRequest],
+    encoder: ChunkEncoder,
+    sampling: SamplingParams,
+    config: Config,
+) -> StreamResponse:
+    """Start generating into a topic; answer once the first token (or an error) is there."""
+    job = StreamJob(
+        engine, requests, encoder,
+        stops=sampling.stop, include_usage=sampling.include_usage,
+        capacity=config.stream_buffer,
+    )  # fmt: skip
+    try:
+        await job.wait_started(config.sse_keepalive)
+    except BaseException:
+        job.task.cancel()
+        raise
+    return job.response(config.sse_keepalive)
 
 
 def _first_api_error(group_error: BaseExceptionGroup[BaseException]) -> APIError:
