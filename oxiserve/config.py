@@ -37,6 +37,10 @@ class Config:
     access_log: bool = _opt(True, "log one line per request at INFO")
     shutdown_timeout: float = _opt(10.0, "seconds in-flight requests get to finish on shutdown")
 
+    cors_allow_origins: str = _opt(
+        "", "origins a web page may call the API from: comma-separated, or * (empty: no CORS)"
+    )
+
     # HTTP limits
     max_header_bytes: int = _opt(16 * 1024, "max bytes of a request's header block (431)")
     max_header_count: int = _opt(100, "max number of request header fields (431)")

@@ -240,3 +240,44 @@ async def test_protocol_errors_echo_the_request_id(raw: object) -> None:
     )
     status, headers, _ = await client.read_response()
     assert (status, headers["x-request-id"]) == (400, "trace-7")
+
+
+async def test_cors_is_off_by_default(raw: object) -> None:
+    client = await raw()  # type: ignore[operator]
+    await client.send(
+        b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: t\r\nOrigin: https://app.example\r\n"
+        b"Access-Control-Request-Method: POST\r\n\r\n"
+    )
+    status, headers, _ = await client.read_response()
+    assert status == 405
+    assert "access-control-allow-origin" not in headers
+
+
+async def test_cors_preflight_and_responses_for_allowed_origins() -> None:
+    async with running(cors_allow_origins="https://app.example, https://b.example") as server:
+        client = await RawClient.connect(server)
+        await client.send(
+            b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: t\r\nOrigin: https://app.example\r\n"
+            b"Access-Control-Request-Method: POST\r\n"
+            b"Access-Control-Request-Headers: authorization, content-type\r\n\r\n"
+        )
+        status, headers, _ = await client.read_response()
+        assert status == 204
+        assert headers["access-control-allow-origin"] == "https://app.example"
+        assert headers["access-control-allow-methods"] == "POST"
+        assert headers["access-control-allow-headers"] == "authorization, content-type"
+        assert headers["vary"] == "origin"
+        await client.send(
+            b"GET /v1/models HTTP/1.1\r\nHost: t\r\nOrigin: https://b.example\r\n\r\n"
+        )
+        status, headers, _ = await client.read_response()
+        assert status == 200
+        assert headers["access-control-allow-origin"] == "https://b.example"
+        assert "x-request-id" in headers["access-control-expose-headers"]
+        await client.send(
+            b"GET /v1/models HTTP/1.1\r\nHost: t\r\nOrigin: https://evil.example\r\n\r\n"
+        )
+        status, headers, _ = await client.read_response()
+        assert status == 200
+        assert "access-control-allow-origin" not in headers
+        await client.close()

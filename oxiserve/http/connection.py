@@ -26,7 +26,7 @@ import h11
 from oxiserve.errors import APIError, MethodNotAllowed, NotFound, ServerError, error_for_status
 from oxiserve.http import wire
 from oxiserve.http.messages import AnyResponse, Request, Response, StreamResponse
-from oxiserve.http.router import Match
+from oxiserve.http.router import Match, MethodMismatch
 from oxiserve.http.writer import ChunkedWriter
 
 if TYPE_CHECKING:
@@ -257,7 +257,13 @@ class Connection(asyncio.Protocol):
 
     def _dispatch(self, request: Request) -> None:
         route = self.ctx.router.match(request.method, request.path)
-        if type(route) is Match:
+        if self.ctx.cors is not None and request.method == "OPTIONS" and route is not None:
+            methods = route.allow if isinstance(route, MethodMismatch) else ("OPTIONS",)
+            preflight = self.ctx.cors.preflight(request, methods)
+            if preflight is not None:
+                self._send(preflight)
+                return
+        if isinstance(route, Match):
             request.params = route.params
             if route.endpoint.is_async:
                 self._task = self.ctx.loop.create_task(self._run(route.endpoint.handler, request))
@@ -273,7 +279,7 @@ class Connection(asyncio.Protocol):
         elif route is None:
             self._send(_error(NotFound(f"No route for {request.method} {request.path}.")))
         else:
-            allow = ", ".join(route.allow)  # type: ignore[union-attr]
+            allow = ", ".join(route.allow)
             error = MethodNotAllowed(f"Method {request.method} not allowed; allowed: {allow}.")
             error.headers = (("allow", allow),)
             self._send(_error(error))
@@ -308,9 +314,12 @@ class Connection(asyncio.Protocol):
             return
         close = not self._keep_alive or self.ctx.closing
         body = response.body
+        headers = response.headers
+        if self.ctx.cors is not None:
+            headers += self.ctx.cors.headers(request)
         head = wire.response_head(
             response.status, response.content_type, request.request_id,
-            content_length=len(body), headers=response.headers, close=close,
+            content_length=len(body), headers=headers, close=close,
         )  # fmt: skip
         if request.method == "HEAD":
             transport.write(head)
@@ -327,9 +336,12 @@ class Connection(asyncio.Protocol):
         # HTTP/1.0 has no chunked encoding: the body ends when the connection closes.
         chunked = request.http_version == "1.1"
         close = not self._keep_alive or self.ctx.closing or not chunked
+        headers = response.headers
+        if self.ctx.cors is not None:
+            headers += self.ctx.cors.headers(request)
         head = wire.response_head(
             response.status, response.content_type, request.request_id,
-            content_length=None if chunked else -1, headers=response.headers, close=close,
+            content_length=None if chunked else -1, headers=headers, close=close,
         )  # fmt: skip
         self._status = response.status
         writer = self._writer = ChunkedWriter(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from oxiserve.config import Config
+from oxiserve.http.cors import CorsPolicy
 from oxiserve.http.router import Router
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ class ServerContext:
         self.access_log = config.access_log and logging.getLogger("oxiserve.access").isEnabledFor(
             logging.INFO
         )
+        self.cors = CorsPolicy(config.cors_allow_origins) if config.cors_allow_origins else None
         self.responses: Counter[int] = Counter()
         self.rejected_connections = 0
         self._ids = itertools.count(1)
