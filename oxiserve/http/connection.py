@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -25,6 +24,15 @@ import h11
 
 from oxiserve.errors import APIError, MethodNotAllowed, NotFound, ServerError, error_for_status
 from oxiserve.http import wire
+from oxiserve.http.checks import (
+    Rejected,
+    check_framing,
+    check_trailers,
+    client_request_id,
+    error_code,
+    read_fields,
+    wants_keep_alive,
+)
 from oxiserve.http.messages import AnyResponse, Request, Response, StreamResponse
 from oxiserve.http.router import Match, MethodMismatch
 from oxiserve.http.writer import ChunkedWriter
@@ -35,18 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("oxiserve.http")
 access_log = logging.getLogger("oxiserve.access")
 
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_FORBIDDEN_TRAILERS = frozenset(
-    {
-        b"content-length",
-        b"transfer-encoding",
-        b"host",
-        b"content-type",
-        b"authorization",
-        b"trailer",
-    }
-)
-_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _BACKLOG_LIMIT = 256 * 1024  # pipelined bytes buffered while a request is handled
 
 
@@ -57,15 +53,6 @@ class Phase(enum.Enum):
     HANDLING = "handling"  # handler running or response being written
     LINGER = "linger"  # error sent; discarding input briefly so the client reads it
     CLOSED = "closed"
-
-
-class Rejected(Exception):
-    """A request refused below the API layer (status, message, close after)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class Connection(asyncio.Protocol):
@@ -183,41 +170,11 @@ class Connection(asyncio.Protocol):
 
     def _on_head(self, head: h11.Request) -> None:
         config = self.ctx.config
-        version = head.http_version
-        if version != b"1.1" and version != b"1.0":
-            raise Rejected(505, "HTTP version not supported; use HTTP/1.1.")
-        items = _header_items(head)
-        if len(items) > config.max_header_count:
-            raise Rejected(431, f"Too many header fields (limit {config.max_header_count}).")
-        size = len(head.target) + len(head.method) + 12
-        fields: dict[str, str] = {}
-        for name, value in items:
-            size += len(name) + len(value) + 4
-            if _BAD_VALUE.search(value):
-                raise Rejected(400, "Control character in a header value.")
-            key, text = name.decode("latin-1"), value.decode("latin-1")
-            fields[key] = f"{fields[key]}, {text}" if key in fields else text
-        self._fields = fields
-        if size > config.max_header_bytes:
-            raise Rejected(
-                431, f"Request header block too large (limit {config.max_header_bytes})."
-            )
-        length = fields.get("content-length")
-        if "transfer-encoding" in fields and (length is not None or version == b"1.0"):
-            raise Rejected(400, "Transfer-Encoding is not allowed with Content-Length or HTTP/1.0.")
-        target = head.target
-        if not target.startswith(b"/") and not (target == b"*" and head.method == b"OPTIONS"):
-            raise Rejected(400, "Invalid request target.")
+        fields = self._fields = read_fields(head, config)
+        check_framing(head, fields, config)
         self._head = head
         self._started = self.ctx.loop.time()
-        connection = fields.get("connection")
-        # HTTP/1.0 gets no keep-alive (we never send 1.0 keep-alive responses).
-        self._keep_alive = version == b"1.1" and (
-            connection is None or "close" not in connection.lower()
-        )
-        # h11 has validated Content-Length (digits, no conflicting duplicates).
-        if length is not None and int(length.partition(",")[0]) > config.max_body_bytes:
-            raise Rejected(413, f"Request body too large (limit {config.max_body_bytes} bytes).")
+        self._keep_alive = wants_keep_alive(head, fields)
         self.phase = Phase.BODY
         self.deadline = self._started + config.body_timeout
         if self._parser.they_are_waiting_for_100_continue and self.transport is not None:
@@ -232,17 +189,14 @@ class Connection(asyncio.Protocol):
         self._body.append(bytes(data))
 
     def _on_end(self, end: h11.EndOfMessage) -> None:
-        for name, _ in _header_items(end):
-            if name in _FORBIDDEN_TRAILERS:
-                raise Rejected(400, f"Forbidden trailer field {name.decode('latin-1')}.")
+        check_trailers(end)
         head = self._head
         assert head is not None
         self.phase = Phase.HANDLING
         target = head.target.decode("latin-1")
         path, _, query = target.partition("?")
         headers = self._fields
-        given_id = headers.get("x-request-id")
-        request_id = given_id if given_id and _REQUEST_ID.fullmatch(given_id) else self.ctx.new_id()
+        request_id = client_request_id(headers) or self.ctx.new_id()
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._body = []
         self._body_size = 0
@@ -415,10 +369,9 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.phase is Phase.CLOSED:
             return
-        error = error_for_status(status, message, code=_code_for(status))
+        error = error_for_status(status, message, code=error_code(status))
         body = error.encode()
-        given = self._fields.get("x-request-id")
-        request_id = given if given and _REQUEST_ID.fullmatch(given) else self.ctx.new_id()
+        request_id = client_request_id(self._fields) or self.ctx.new_id()
         transport.write(
             wire.response_head(status, "application/json", request_id,
                                content_length=len(body), close=True) + body
@@ -475,26 +428,6 @@ class Connection(asyncio.Protocol):
 
 def _error(error: APIError) -> Response:
     return Response(error.encode(), error.status, "application/json", error.headers)
-
-
-def _header_items(event: h11.Request | h11.EndOfMessage) -> list[tuple[bytes, bytes]]:
-    """(lower-case name, value) pairs; h11's Headers iterates slowly through the Sequence ABC."""
-    full = getattr(event.headers, "_full_items", None)
-    if full is None:  # pragma: no cover - a future h11 without the private list
-        return list(event.headers)
-    return [(name, value) for _, name, value in full]
-
-
-def _code_for(status: int) -> str:
-    return {
-        400: "bad_request",
-        408: "request_timeout",
-        413: "request_too_large",
-        431: "headers_too_large",
-        501: "not_implemented",
-        503: "too_many_connections",
-        505: "http_version_not_supported",
-    }.get(status, "http_error")
 
 
 __all__ = ["AnyResponse", "ChunkedWriter", "Connection", "Phase"]
