@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 __all__ = [
+    "CatchUpEncoder",
     "ClosedTopic",
     "EndOfTopic",
     "Lagged",
@@ -44,6 +45,7 @@ __all__ = [
 
 Sink = Callable[[bytes], None]
 TextEncoder = Callable[[int, str], bytes]
+CatchUpEncoder = Callable[[int, str, int], bytes]  # (key, missed text, its start offset)
 
 _T = TypeVar("_T")
 _CONTROL = -1  # the ring's key for a control frame
@@ -110,6 +112,7 @@ class Topic:
         "_control_frames",
         "_control_lengths",
         "_control_seqs",
+        "_encode_catch_up",
         "_encode_text",
         "_ends",
         "_frames",
@@ -126,7 +129,12 @@ class Topic:
         "_waiters",
     )
 
-    def __init__(self, capacity: int = 1024, encode_text: TextEncoder | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int = 1024,
+        encode_text: TextEncoder | None = None,
+        encode_catch_up: CatchUpEncoder | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         size = max(2, 1 << (capacity - 1).bit_length())
@@ -138,6 +146,9 @@ class Topic:
         self._seq = 0
         self._closed = False
         self._encode_text = encode_text
+        # Catch-up frames may need more than the text (e.g. per-token logprobs): this encoder
+        # also gets where the missed text starts in the key's accumulated text.
+        self._encode_catch_up = encode_catch_up
         self._pieces: dict[int, list[str]] = {}
         self._lengths: dict[int, int] = {}
         self._control_seqs: list[int] = []
@@ -218,6 +229,10 @@ class Topic:
         _wake(self._waiters)
         _wake(self._close_waiters)
 
+    def length(self, key: int = 0) -> int:
+        """How many characters of text were published for ``key`` (O(1))."""
+        return self._lengths.get(key, 0)
+
     def text(self, key: int = 0) -> str:
         """All text published so far for ``key``."""
         pieces = self._pieces.get(key)
@@ -279,6 +294,10 @@ class Topic:
         for key, length in lengths.items():
             done = have.get(key, 0)
             if length > done:
+                if self._encode_catch_up is not None:
+                    out.append(self._encode_catch_up(key, self.text(key)[done:length], done))
+                    have[key] = length
+                    continue
                 if self._encode_text is None:
                     raise RuntimeError("lag recovery needs a Topic with encode_text")
                 out.append(self._encode_text(key, self.text(key)[done:length]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -478,3 +479,46 @@ async def test_a_forced_tool_named_like_a_mode_is_still_that_tool(server: Server
         calls = result.choices[0].message.tool_calls
         assert calls is not None
         assert [c.function.name for c in calls] == [name]
+
+
+async def test_lagging_reader_gets_every_logprob_too() -> None:
+    async with running(write_buffer_limit=16 * 1024, stream_buffer=16) as server:
+        body = {"model": MODEL, "messages": USER, "stream": True, "max_tokens": 8000, "seed": 5,
+                "logprobs": True, "top_logprobs": 1}  # fmt: skip
+        client = await RawClient.connect(server)
+        await wait_until(lambda: len(server.context.connections) == 1)
+        (conn,) = server.context.connections
+        assert conn.transport is not None
+        # A small kernel send buffer, so the server's own buffering and the ring are what fill.
+        conn.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        client.writer.transport.pause_reading()
+        data = orjson.dumps(body)
+        await client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(data), data)
+        )
+        assert server.state is not None
+        engine = server.state.engine
+        assert isinstance(engine, SimEngine)
+        await wait_until(lambda: engine.active_generations == 0 and engine.tokens_produced >= 8000)
+        client.writer.transport.resume_reading()
+        status, _, payload = await client.read_response(timeout=30)
+        await client.close()
+        frames = [orjson.loads(f) for f in sse_data(payload) if f != b"[DONE]"]
+        assert len(frames) < 8000  # the reader lagged and was caught up
+        streamed = [
+            entry
+            for f in frames
+            if f["choices"] and f["choices"][0]["logprobs"]
+            for entry in f["choices"][0]["logprobs"]["content"]
+        ]
+        whole = await sdk(server).chat.completions.create(**{**body, "stream": False})
+        logprobs = whole.choices[0].logprobs
+        assert logprobs is not None
+        assert logprobs.content is not None
+        assert status == 200
+        assert [(e["token"], e["logprob"]) for e in streamed] == [
+            (e.token, e.logprob) for e in logprobs.content
+        ]

@@ -8,6 +8,7 @@ template concatenation and one ``Topic.publish_text``.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
@@ -185,7 +186,12 @@ class StreamJob:
         capacity: int,
         done_frame: bytes = sse.DONE,
     ) -> None:
-        self.topic = Topic(capacity, encoder.text)
+        logprobs = any(r.logprobs for r in requests)
+        # Frames carrying logprobs can't be rebuilt from text alone: keep what recovery needs.
+        self._logprobs = _LogprobIndex(encoder) if logprobs else None
+        self.topic = Topic(
+            capacity, encoder.text, self._logprobs.catch_up if self._logprobs else None
+        )
         self.error: APIError | None = None
         self.results: list[ChoiceResult] = []
         self._engine = engine
@@ -266,9 +272,12 @@ class StreamJob:
                 topic.publish(frame)
 
         if self._stops or request.logprobs:
+            index_of = self._logprobs
 
             def emit(text: str, logprobs: list[TokenLogprob]) -> None:
                 if logprobs:
+                    if index_of is not None:
+                        index_of.add(index, topic.length(index), logprobs)
                     topic.publish_text(text, index, encoder.text_logprobs(index, text, logprobs))
                 else:
                     topic.publish_text(text, index)
@@ -325,6 +334,29 @@ async def start_stream(
         job.task.cancel()
         raise
     return job.response(config.sse_keepalive)
+
+
+class _LogprobIndex:
+    """Per choice, where each published piece starts and its logprobs: lag recovery re-sends
+    missed text with exactly the logprobs that went with it."""
+
+    def __init__(self, encoder: ChunkEncoder) -> None:
+        self._encoder = encoder
+        self._starts: dict[int, list[int]] = {}
+        self._entries: dict[int, list[list[TokenLogprob]]] = {}
+
+    def add(self, key: int, start: int, logprobs: list[TokenLogprob]) -> None:
+        self._starts.setdefault(key, []).append(start)
+        self._entries.setdefault(key, []).append(logprobs)
+
+    def catch_up(self, key: int, text: str, start: int) -> bytes:
+        starts = self._starts.get(key, [])
+        first = bisect.bisect_left(starts, start)
+        last = bisect.bisect_left(starts, start + len(text))
+        entries = [lp for piece in self._entries.get(key, [])[first:last] for lp in piece]
+        if not entries:
+            return self._encoder.text(key, text)
+        return self._encoder.text_logprobs(key, text, entries)
 
 
 def _first_api_error(group_error: BaseExceptionGroup[BaseException]) -> APIError:
