@@ -57,7 +57,11 @@ class Config:
     max_tokens_limit: int = _opt(131072, "largest max_tokens a request may ask for (400 beyond)")
 
     # Streaming
-    sse_keepalive: float = _opt(15.0, "seconds of stream silence before a ': ping' comment")
+    sse_keepalive: float = _opt(
+        15.0,
+        "seconds of stream silence before a ': ping' comment; also how long the response "
+        "head waits for the first token (0: no pings, the head waits for the first token)",
+    )
     stream_buffer: int = _opt(256, "frames a stream keeps for slow or late readers")
     stream_coalesce_ms: float = _opt(
         1.0,

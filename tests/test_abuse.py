@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from oxiserve import Server
+from oxiserve import Config, Server
+from oxiserve.engine.base import EngineError, GenerationRequest, Usage
 from oxiserve.engine.sim import SimEngine
 from tests.conftest import RawClient, in_flight, running, wait_until
 from tests.test_chat import MODEL, USER, raw_post, sse_data
@@ -80,16 +81,53 @@ async def test_small_requests_asking_for_huge_work_are_refused(
     assert orjson.loads(payload)["error"]["param"] in ("max_tokens", "input", "dimensions")
 
 
+class _LateFailure:
+    """A token stream that fails after a while, before its first token."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.usage = Usage()
+        self.finish_reason = None
+        self.tool_calls: list[Any] = []
+        self.logprobs: list[Any] = []
+
+    def __aiter__(self) -> _LateFailure:
+        return self
+
+    async def __anext__(self) -> str:
+        await asyncio.sleep(self.delay)  # the engine is slow, then fails
+        raise EngineError("the engine fell over", status=503, code="engine_overloaded")
+
+    async def aclose(self) -> None:
+        pass
+
+
+class SlowFailingEngine(SimEngine):
+    def generate(self, request: GenerationRequest) -> Any:
+        return _LateFailure(0.3)
+
+
 async def test_error_after_the_head_went_out_is_an_error_frame() -> None:
-    async with running(sse_keepalive=0) as server:
+    engine = SlowFailingEngine(Config())
+    async with running(sse_keepalive=0.05, engine=engine) as server:
         status, payload = await raw_post(
-            server, "/v1/chat/completions", {"model": MODEL, "messages": USER, "stream": True},
-            b"x-sim-error: 429\r\n",
-        )  # fmt: skip
+            server, "/v1/chat/completions", {"model": MODEL, "messages": USER, "stream": True}
+        )
     assert status == 200
+    assert payload.startswith(b": ping\n\n")
     frames = sse_data(payload)
-    assert orjson.loads(frames[-1])["error"]["code"] == "rate_limit_exceeded"
+    assert orjson.loads(frames[-1])["error"]["code"] == "engine_overloaded"
     assert b"[DONE]" not in frames
+
+
+async def test_without_pings_the_head_waits_for_the_first_token() -> None:
+    engine = SlowFailingEngine(Config())
+    async with running(sse_keepalive=0, engine=engine) as server:
+        status, payload = await raw_post(
+            server, "/v1/chat/completions", {"model": MODEL, "messages": USER, "stream": True}
+        )
+    assert status == 503
+    assert orjson.loads(payload)["error"]["code"] == "engine_overloaded"
 
 
 async def test_client_closing_during_a_non_stream_request_stops_generation() -> None:
@@ -160,3 +198,49 @@ async def test_http_1_0_stream_is_close_delimited_not_chunked(server: Server) ->
     assert b"connection: close" in head
     assert body.startswith(b"data: {")
     assert body.endswith(b"data: [DONE]\n\n")
+
+
+async def test_stalled_connection_outlives_the_keepalive_timeout() -> None:
+    async with running(keepalive_timeout=0.2, write_buffer_limit=1024) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (server.host, server.port))
+        client = RawClient(*await asyncio.open_connection(sock=sock))
+        await wait_until(lambda: len(server.context.connections) == 1)
+        (conn,) = server.context.connections
+        assert conn.transport is not None
+        conn.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        client.writer.transport.pause_reading()
+        count = 4000  # ~1.3 MB of answers: more than the kernel buffers hold
+        await client.send(b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n" * count)
+        await wait_until(lambda: conn._stalled)
+        await asyncio.sleep(0.6)  # not reading for 3x the keep-alive timeout: the behaviour
+        client.writer.transport.resume_reading()
+        for _ in range(count):
+            status, _, _ = await client.read_response()
+            assert status == 200
+        await client.close()
+
+
+async def test_shutdown_does_not_wait_for_connections_whose_stream_ended() -> None:
+    async with running(sim_itl_ms=5, shutdown_timeout=30) as server:
+        client = await RawClient.connect(server)
+        data = orjson.dumps({"model": MODEL, "messages": USER, "stream": True, "max_tokens": 40})
+        await client.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(data), data)
+        )
+        await wait_until(lambda: in_flight(server))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stopping = asyncio.create_task(server.stop())
+        status, headers, payload = await client.read_response()
+        assert status == 200
+        assert headers["transfer-encoding"] == "chunked"
+        assert payload.endswith(b"data: [DONE]\n\n")
+        await asyncio.wait_for(stopping, 10)
+        assert loop.time() - started < 10  # not the 30 s shutdown timeout
+        await client.close()

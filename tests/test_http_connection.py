@@ -281,3 +281,20 @@ async def test_cors_preflight_and_responses_for_allowed_origins() -> None:
         assert status == 200
         assert "access-control-allow-origin" not in headers
         await client.close()
+
+
+async def test_cors_headers_appear_once_and_vary_on_origin() -> None:
+    async with running(cors_allow_origins="https://app.example") as server:
+        client = await RawClient.connect(server)
+        await client.send(
+            b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: t\r\nOrigin: https://app.example\r\n"
+            b"Access-Control-Request-Method: POST\r\n\r\n"
+            b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        data = await asyncio.wait_for(client.reader.readuntil(b'{"status":"ok"}'), 5)
+        preflight, _, plain = data.partition(b"HTTP/1.1 200")
+        assert preflight.count(b"access-control-allow-origin: https://app.example\r\n") == 1
+        assert preflight.count(b"vary: origin\r\n") == 1
+        assert b"access-control-allow-origin" not in plain  # no Origin sent
+        assert plain.count(b"vary: origin\r\n") == 1
+        await client.close()

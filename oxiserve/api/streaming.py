@@ -204,13 +204,16 @@ class StreamJob:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def wait_started(self, timeout: float) -> None:
-        """Wait for the first frame (or failure), at most ``timeout``; raise a pre-stream error."""
+        """Wait for the first frame (or failure), at most ``timeout`` (0: no limit); raise a
+        pre-stream error as it is (a JSON error response)."""
         if timeout > 0:
             # A slow first token: start the stream anyway, pings keep it alive.
             # (asyncio.timeout, unlike wait_for, needs no extra task per request.)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self.topic.wait_first()
+        else:  # no pings: the head waits for the first token however long it takes
+            await self.topic.wait_first()
         if self.error is not None:
             raise self.error
         self._streaming = True  # from here on, failures go into the stream

@@ -315,7 +315,8 @@ class Connection(asyncio.Protocol):
             self._sent = writer.sent
         if not self.closed:  # the client may have left while we streamed
             writer.finish(body=request.method != "HEAD")
-            self._finish_cycle(close)
+            # Shutdown may have begun while we streamed: then this connection ends here.
+            self._finish_cycle(close or not self._keep_alive or self.ctx.closing)
 
     def _finish_cycle(self, close: bool) -> None:
         request = self._request
@@ -396,6 +397,8 @@ class Connection(asyncio.Protocol):
             return
         if phase is Phase.HANDLING or phase is Phase.CLOSED or now < self.deadline:
             return
+        if self._stalled:
+            return  # unanswered requests are waiting for the client to read: write_timeout rules
         if phase is Phase.HEADERS or phase is Phase.BODY:
             self._reject_now(408, "Timed out reading the request.")
             self.phase = Phase.CLOSED

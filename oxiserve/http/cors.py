@@ -32,20 +32,25 @@ class CorsPolicy:
         return origin if origin in self.origins else None
 
     def headers(self, request: Request) -> Headers:
-        """Headers to add to an ordinary response."""
+        """Headers to add to every response (preflights included)."""
         allowed = self.allow_origin(request)
+        # With a list of origins the answer depends on Origin: caches must know that.
+        vary = () if self.any else (("vary", "origin"),)
         if allowed is None:
-            return ()
-        vary = () if allowed == "*" else (("vary", "origin"),)
+            return vary
         return (("access-control-allow-origin", allowed),
                 ("access-control-expose-headers", _EXPOSED), *vary)  # fmt: skip
 
     def preflight(self, request: Request, methods: tuple[str, ...]) -> Response | None:
-        """The answer to a preflight for a route allowing ``methods``, or None if not one."""
+        """The answer to a preflight for a route allowing ``methods``, or None if not one.
+
+        Only the preflight's own headers are here; ``headers()`` is added to it like to any
+        other response.
+        """
         if request.method != "OPTIONS" or "access-control-request-method" not in request.headers:
             return None
-        headers = list(self.headers(request))
-        if headers:
+        headers: list[tuple[str, str]] = []
+        if self.allow_origin(request) is not None:
             headers.append(("access-control-allow-methods", ", ".join(methods)))
             asked = request.headers.get("access-control-request-headers", "")
             if asked and _TOKEN_LIST.fullmatch(asked.strip()):

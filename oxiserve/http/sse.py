@@ -49,6 +49,8 @@ async def pump(topic: Topic, writer: BodyWriter, keepalive: float) -> None:
 
     def tick() -> None:
         nonlocal ping, last_seq
+        if topic.closed:
+            return  # nothing may follow the end of the stream
         if topic.seq == last_seq and not writer.paused and not writer.closed:
             writer.write(PING)
         last_seq = topic.seq
@@ -56,7 +58,7 @@ async def pump(topic: Topic, writer: BodyWriter, keepalive: float) -> None:
 
     writer.set_flow_listener(subscriber.detach, resume)
     try:
-        if topic.seq == 0 and not topic.closed:
+        if keepalive > 0 and topic.seq == 0 and not topic.closed:
             writer.write(PING)  # no first token yet: open the stream now, pings follow
         if not writer.paused:
             subscriber.attach(writer.write)
