@@ -140,3 +140,14 @@ def in_flight(server: Server) -> bool:
     from oxiserve.http.connection import Phase
 
     return any(conn.phase is Phase.HANDLING for conn in server.context.connections)
+
+
+async def shrink_server_send_buffer(server: Server, size: int = 4096) -> None:
+    """Give the server's (only) connection a small kernel send buffer, so a client that does
+    not read makes the server's own buffering (and the stream's ring) fill, not the kernel's."""
+    import socket
+
+    await wait_until(lambda: len(server.context.connections) == 1)
+    (conn,) = server.context.connections
+    assert conn.transport is not None
+    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)

@@ -13,7 +13,13 @@ import pytest
 from oxiserve import Config, Server
 from oxiserve.engine.base import EngineError, GenerationRequest, Usage
 from oxiserve.engine.sim import SimEngine
-from tests.conftest import RawClient, in_flight, running, wait_until
+from tests.conftest import (
+    RawClient,
+    in_flight,
+    running,
+    shrink_server_send_buffer,
+    wait_until,
+)
 from tests.test_chat import MODEL, USER, raw_post, sse_data
 
 SELF = {"$ref": "#"}
@@ -207,12 +213,8 @@ async def test_stalled_connection_outlives_the_keepalive_timeout() -> None:
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (server.host, server.port))
         client = RawClient(*await asyncio.open_connection(sock=sock))
-        await wait_until(lambda: len(server.context.connections) == 1)
+        await shrink_server_send_buffer(server)
         (conn,) = server.context.connections
-        assert conn.transport is not None
-        conn.transport.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
-        )
         client.writer.transport.pause_reading()
         count = 4000  # ~1.3 MB of answers: more than the kernel buffers hold
         await client.send(b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n" * count)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 
 from oxiserve import Server
 from oxiserve.engine.sim import SimEngine
-from tests.conftest import RawClient, running, wait_until
+from tests.conftest import RawClient, running, shrink_server_send_buffer, wait_until
 
 MODEL = "oxiserve-sim"
 USER = [{"role": "user", "content": "Tell me something."}]
@@ -486,13 +485,7 @@ async def test_lagging_reader_gets_every_logprob_too() -> None:
         body = {"model": MODEL, "messages": USER, "stream": True, "max_tokens": 8000, "seed": 5,
                 "logprobs": True, "top_logprobs": 1}  # fmt: skip
         client = await RawClient.connect(server)
-        await wait_until(lambda: len(server.context.connections) == 1)
-        (conn,) = server.context.connections
-        assert conn.transport is not None
-        # A small kernel send buffer, so the server's own buffering and the ring are what fill.
-        conn.transport.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
-        )
+        await shrink_server_send_buffer(server)
         client.writer.transport.pause_reading()
         data = orjson.dumps(body)
         await client.send(

@@ -11,10 +11,15 @@ from typing import Any
 import orjson
 
 from oxiserve.api import chat_request
-from oxiserve.api.sampling import SamplingParams, check_budget, read_sampling
+from oxiserve.api.sampling import (
+    SamplingParams,
+    check_budget,
+    generation_request,
+    read_sampling,
+)
 from oxiserve.api.state import AppState
 from oxiserve.api.streaming import ChoiceResult, collect, start_stream, total_usage
-from oxiserve.engine.base import GenerationRequest, TokenLogprob, ToolCall, Usage
+from oxiserve.engine.base import TokenLogprob, ToolCall, Usage
 from oxiserve.errors import APIError
 from oxiserve.http import sse
 from oxiserve.http.messages import Request, Response, StreamResponse, json_response
@@ -33,24 +38,17 @@ async def create_chat_completion(state: AppState, request: Request) -> Response 
     sampling = read_sampling(body, state.config.max_tokens_limit)
     check_budget(sampling, 1, state.config.max_tokens_limit)
     model = state.model(chat.model).id
-    headers = {k: v for k, v in request.headers.items() if k.startswith("x-sim-")}
     requests = [
-        GenerationRequest(
+        generation_request(
+            sampling,
+            request,
             model=model,
             prompt=chat.prompt,
-            messages=chat.messages,
-            max_tokens=sampling.max_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            seed=sampling.seed,
-            stop=sampling.stop,
-            logprobs=sampling.logprobs,
-            top_logprobs=sampling.top_logprobs,
             choice_index=index,
+            messages=chat.messages,
             tools=chat.tools,
             tool_choice=chat.tool_choice,
             forced_tool=chat.forced_tool,
-            headers=headers,
         )
         for index in range(sampling.n)
     ]

@@ -12,10 +12,15 @@ import orjson
 
 from oxiserve.api import params
 from oxiserve.api.chat import usage_object
-from oxiserve.api.sampling import SamplingParams, check_budget, read_sampling
+from oxiserve.api.sampling import (
+    SamplingParams,
+    check_budget,
+    generation_request,
+    read_sampling,
+)
 from oxiserve.api.state import AppState
 from oxiserve.api.streaming import ChoiceResult, collect, start_stream, total_usage
-from oxiserve.engine.base import GenerationRequest, TokenLogprob, ToolCall, Usage
+from oxiserve.engine.base import TokenLogprob, ToolCall, Usage
 from oxiserve.errors import APIError, InvalidRequest
 from oxiserve.http import sse
 from oxiserve.http.messages import Request, Response, StreamResponse, json_response
@@ -62,20 +67,9 @@ async def create_completion(state: AppState, request: Request) -> Response | Str
     check_budget(sampling, len(prompts), state.config.max_tokens_limit)
     echo = params.get_bool(body, "echo")
     params.get_str(body, "suffix", None)
-    headers = {k: v for k, v in request.headers.items() if k.startswith("x-sim-")}
     requests = [
-        GenerationRequest(
-            model=model,
-            prompt=prompt,
-            max_tokens=sampling.max_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            seed=sampling.seed,
-            stop=sampling.stop,
-            logprobs=sampling.logprobs,
-            top_logprobs=sampling.top_logprobs,
-            choice_index=p * sampling.n + c,
-            headers=headers,
+        generation_request(
+            sampling, request, model=model, prompt=prompt, choice_index=p * sampling.n + c
         )
         for p, prompt in enumerate(prompts)
         for c in range(sampling.n)

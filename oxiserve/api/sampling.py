@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from oxiserve.api import params
+from oxiserve.engine.base import GenerationRequest
 from oxiserve.errors import InvalidRequest
+from oxiserve.http.messages import Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +84,34 @@ def check_budget(sampling: SamplingParams, prompts: int, limit: int) -> None:
             param="max_tokens",
             code="invalid_value",
         )
+
+
+def generation_request(
+    sampling: SamplingParams,
+    request: Request,
+    *,
+    model: str,
+    prompt: str,
+    choice_index: int,
+    **extra: Any,
+) -> GenerationRequest:
+    """What one choice asks of the engine (``extra``: chat messages and tools)."""
+    return GenerationRequest(
+        model=model,
+        prompt=prompt,
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=sampling.seed,
+        stop=sampling.stop,
+        logprobs=sampling.logprobs,
+        top_logprobs=sampling.top_logprobs,
+        choice_index=choice_index,
+        headers=engine_headers(request),
+        **extra,
+    )
+
+
+def engine_headers(request: Request) -> dict[str, str]:
+    """Request headers an engine may honour (the simulator's ``x-sim-*``)."""
+    return {k: v for k, v in request.headers.items() if k.startswith("x-sim-")}
