@@ -172,3 +172,12 @@ async def test_embeddings_invalid_bodies(server: Server, body: dict[str, Any], p
     status, payload = await raw_post(server, "/v1/embeddings", body)
     assert status == 400
     assert orjson.loads(payload)["error"]["param"] == param
+
+
+async def test_embeddings_honour_forced_simulator_errors(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.RateLimitError):
+        await client.embeddings.create(model=MODEL, input="x", extra_headers={"x-sim-error": "429"})
+    with pytest.raises(openai.BadRequestError):
+        await client.embeddings.create(
+            model=MODEL, input="x", extra_headers={"x-sim-error": "teapot"}
+        )

@@ -8,6 +8,7 @@ import struct
 from typing import Any
 
 from oxiserve.api import params
+from oxiserve.api.sampling import engine_headers
 from oxiserve.api.state import AppState
 from oxiserve.api.streaming import api_error
 from oxiserve.engine.base import EngineError
@@ -81,7 +82,7 @@ async def create_embeddings(state: AppState, request: Request) -> Response:
         )
     params.get_str(body, "user", None)
     try:
-        vectors = await state.engine.embed(model, inputs, dimensions)
+        vectors = await state.engine.embed(model, inputs, dimensions, engine_headers(request))
     except EngineError as exc:
         raise api_error(exc) from None
     data = [

@@ -161,7 +161,13 @@ class Engine(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     async def embed(
-        self, model: str, inputs: Sequence[str], dimensions: int | None = None
-    ) -> list[list[float]]: ...
+        self,
+        model: str,
+        inputs: Sequence[str],
+        dimensions: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[list[float]]:
+        """One vector per input; ``headers`` as in GenerationRequest.headers."""
+        ...
 
     async def close(self) -> None: ...

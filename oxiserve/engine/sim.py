@@ -412,10 +412,22 @@ class SimEngine:
         return sim_text.count_tokens(text)
 
     async def embed(
-        self, model: str, inputs: Sequence[str], dimensions: int | None = None
+        self,
+        model: str,
+        inputs: Sequence[str],
+        dimensions: int | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> list[list[float]]:
         """Unit vectors from a hash of each input; a shorter ``dimensions`` gives the
-        renormalized prefix of the longer vector, as OpenAI's shortened embeddings do."""
+        renormalized prefix of the longer vector, as OpenAI's shortened embeddings do.
+        ``x-sim-error: <status>`` in ``headers`` fails the request with that status."""
+        if headers:
+            try:
+                forced = _header_failure(headers, 0)
+            except ValueError as exc:
+                raise EngineError(str(exc), status=400, code="invalid_sim_header") from None
+            if forced is not None:
+                raise forced[0].error()
         size = self.config.sim_embedding_dim if dimensions is None else dimensions
         if size < 1:
             raise EngineError("dimensions must be at least 1", status=400, code="invalid_value")
