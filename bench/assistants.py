@@ -24,7 +24,7 @@ from bench.scenarios import (
     Scenario,
     Target,
     Workload,
-    error_kind,
+    record_failure,
 )
 from bench.stats import RequestResult
 
@@ -242,9 +242,7 @@ class Fanout(AssistantScenario):
         result = RequestResult(perf_counter())
         text = ""
         try:
-            if not conn.connected:
-                await conn.close()
-                await conn.connect()
+            await conn.ensure_connected()
             request = self.request("GET", path)
             head = await self.open_stream(conn, result, request, "GET", path)
             if head is not None:
@@ -252,10 +250,6 @@ class Fanout(AssistantScenario):
         except NotAvailable:
             raise
         except Exception as exc:
-            kind = error_kind(exc)
-            if kind is None:
-                raise
-            result.error = kind
-            await conn.close()
+            await record_failure(exc, result, conn)
         result.end = perf_counter()
         return result, text

@@ -268,6 +268,12 @@ class HTTPConnection:
     def connected(self) -> bool:
         return self._writer is not None and self.reusable
 
+    async def ensure_connected(self) -> None:
+        """Reconnect if the last exchange left the connection unusable."""
+        if not self.connected:
+            await self.close()
+            await self.connect()
+
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
         self.reusable = False

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 
 from bench.client import HTTPConnection
-from bench.scenarios import NotAvailable, Scenario, error_kind
+from bench.scenarios import NotAvailable, Scenario, record_failure
 from bench.stats import RequestResult, Summary, summarize
 
 
@@ -166,18 +166,12 @@ class LoadRunner:
         extra: list[RequestResult] = []
         try:
             async with asyncio.timeout(self.spec.timeout):
-                if not conn.connected:
-                    await conn.close()
-                    await conn.connect()
+                await conn.ensure_connected()
                 extra = await self.scenario.execute(conn, result, index)
         except NotAvailable:
             raise
         except Exception as exc:
-            kind = error_kind(exc)
-            if kind is None:
-                raise
-            result.error = kind
-            await conn.close()
+            await record_failure(exc, result, conn)
         else:
             if not conn.reusable:
                 await conn.close()

@@ -109,6 +109,16 @@ def error_kind(exc: BaseException) -> str | None:
     return None
 
 
+async def record_failure(exc: Exception, result: RequestResult, conn: HTTPConnection) -> None:
+    """Count ``exc`` as the request's error and drop the connection; re-raise anything that is
+    not a request failure (a bug in the tool, not the server's doing)."""
+    kind = error_kind(exc)
+    if kind is None:
+        raise exc
+    result.error = kind
+    await conn.close()
+
+
 class Scenario:
     """One kind of request.  Subclasses say what to send and how to read the answer."""
 
