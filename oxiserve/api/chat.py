@@ -14,6 +14,7 @@ from oxiserve.api import chat_request
 from oxiserve.api.sampling import (
     SamplingParams,
     check_budget,
+    engine_headers,
     generation_request,
     read_sampling,
 )
@@ -38,10 +39,11 @@ async def create_chat_completion(state: AppState, request: Request) -> Response 
     sampling = read_sampling(body, state.config.max_tokens_limit)
     check_budget(sampling, 1, state.config.max_tokens_limit)
     model = state.model(chat.model).id
+    headers = engine_headers(request)
     requests = [
         generation_request(
             sampling,
-            request,
+            headers,
             model=model,
             prompt=chat.prompt,
             choice_index=index,

@@ -15,6 +15,7 @@ from oxiserve.api.chat import usage_object
 from oxiserve.api.sampling import (
     SamplingParams,
     check_budget,
+    engine_headers,
     generation_request,
     read_sampling,
 )
@@ -67,9 +68,10 @@ async def create_completion(state: AppState, request: Request) -> Response | Str
     check_budget(sampling, len(prompts), state.config.max_tokens_limit)
     echo = params.get_bool(body, "echo")
     params.get_str(body, "suffix", None)
+    headers = engine_headers(request)
     requests = [
         generation_request(
-            sampling, request, model=model, prompt=prompt, choice_index=p * sampling.n + c
+            sampling, headers, model=model, prompt=prompt, choice_index=p * sampling.n + c
         )
         for p, prompt in enumerate(prompts)
         for c in range(sampling.n)

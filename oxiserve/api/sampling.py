@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +89,7 @@ def check_budget(sampling: SamplingParams, prompts: int, limit: int) -> None:
 
 def generation_request(
     sampling: SamplingParams,
-    request: Request,
+    headers: Mapping[str, str],
     *,
     model: str,
     prompt: str,
@@ -107,7 +108,7 @@ def generation_request(
         logprobs=sampling.logprobs,
         top_logprobs=sampling.top_logprobs,
         choice_index=choice_index,
-        headers=engine_headers(request),
+        headers=headers,
         **extra,
     )
 
