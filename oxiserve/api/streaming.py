@@ -70,6 +70,12 @@ class ChoiceResult:
     tool_calls: list[ToolCall] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
 
+    def take_outcome(self, stream: TokenStream) -> None:
+        """Usage, tool calls and finish reason of a stream that has ended."""
+        self.usage = stream.usage
+        self.tool_calls = list(stream.tool_calls)
+        self.finish_reason = stream.finish_reason or "stop"
+
 
 def api_error(exc: EngineError) -> APIError:
     return error_for_status(
@@ -117,12 +123,9 @@ async def run_choice(
                 emit(tail, pending)
     finally:
         await stream.aclose()
-    result.usage = stream.usage
-    result.tool_calls = list(stream.tool_calls)
+    result.take_outcome(stream)
     if matcher is not None and matcher.stopped:
-        result.finish_reason = "stop"
-    else:
-        result.finish_reason = stream.finish_reason or "stop"
+        result.finish_reason = "stop"  # we closed the stream: its own reason is "cancelled"
 
 
 async def collect(
@@ -152,9 +155,7 @@ async def collect_choice(
             result.text = "".join([text async for text in stream])
         finally:
             await stream.aclose()
-        result.usage = stream.usage
-        result.tool_calls = list(stream.tool_calls)
-        result.finish_reason = stream.finish_reason or "stop"
+        result.take_outcome(stream)
         return result
     pieces: list[str] = []
 
@@ -313,9 +314,7 @@ class StreamJob:
                     publish(text, index, prefix + dumps(text) + suffix)
         finally:
             await stream.aclose()
-        result.usage = stream.usage
-        result.tool_calls = list(stream.tool_calls)
-        result.finish_reason = stream.finish_reason or "stop"
+        result.take_outcome(stream)
 
 
 async def start_stream(
