@@ -50,12 +50,6 @@ class InvalidRequest(APIError):
     type = "invalid_request_error"
 
 
-class AuthenticationFailed(APIError):
-    status = 401
-    type = "invalid_request_error"
-    code = "invalid_api_key"
-
-
 class NotFound(APIError):
     status = 404
     type = "invalid_request_error"
@@ -75,22 +69,10 @@ class MethodNotAllowed(APIError):
     code = "method_not_allowed"
 
 
-class RateLimited(APIError):
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
-
-
 class ServerError(APIError):
     status = 500
     type = "server_error"
     code = "internal_error"
-
-
-class Overloaded(APIError):
-    status = 503
-    type = "server_error"
-    code = "overloaded"
 
 
 def error_body(

@@ -325,7 +325,6 @@ class Connection(asyncio.Protocol):
                 '%s %s %d %d %.1fms id=%s', request.method, request.path, self._status,
                 self._sent, (self.ctx.loop.time() - self._started) * 1000, request.request_id,
             )  # fmt: skip
-        self.ctx.count_request(self._status)
         self._request = None
         self._fields = {}
         self._task = None
@@ -378,7 +377,6 @@ class Connection(asyncio.Protocol):
                                content_length=len(body), close=True) + body
         )  # fmt: skip
         self._status, self._sent = status, len(body)
-        self.ctx.count_request(status)
         log.info("rejected connection request: %d %s", status, message)
         # Linger: stop reading requests, but keep draining input for a moment so the
         # client is not reset before it reads the error.

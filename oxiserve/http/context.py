@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import logging
 import os
-from collections import Counter
 from typing import TYPE_CHECKING
 
 import h11
@@ -32,8 +31,6 @@ class ServerContext:
             logging.INFO
         )
         self.cors = CorsPolicy(config.cors_allow_origins) if config.cors_allow_origins else None
-        self.responses: Counter[int] = Counter()
-        self.rejected_connections = 0
         self._ids = itertools.count(1)
         self._id_prefix = "req_" + os.urandom(6).hex()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -49,7 +46,6 @@ class ServerContext:
 
     def admit(self, conn: Connection) -> bool:
         if self.closing or len(self.connections) >= self.config.max_connections:
-            self.rejected_connections += 1
             return False
         self.connections.add(conn)
         return True
@@ -64,9 +60,6 @@ class ServerContext:
         if self.connections:
             self._drained = asyncio.Event()
             await self._drained.wait()
-
-    def count_request(self, status: int) -> None:
-        self.responses[status] += 1
 
     def start_sweeping(self) -> None:
         self._sweeper = self.loop.call_later(self._tick, self._sweep)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import parse_qsl
 
 import orjson
 
@@ -30,13 +29,6 @@ class Request:
     request_id: str
     http_version: str = "1.1"
     params: dict[str, str] = field(default_factory=dict)
-
-    def header(self, name: str, default: str | None = None) -> str | None:
-        return self.headers.get(name, default)
-
-    @property
-    def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.query_string, keep_blank_values=True))
 
     def json(self) -> Any:
         """The body parsed as JSON; 400 with a clear message when it is not."""
