@@ -60,7 +60,7 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
     def __init__(self, model: str, *, param: str | None = "model") -> None:
-        super().__init__(f"The model '{model}' does not exist", param=param)
+        super().__init__(f"The model '{echo(model)}' does not exist", param=param)
 
 
 class MethodNotAllowed(APIError):
@@ -73,6 +73,14 @@ class ServerError(APIError):
     status = 500
     type = "server_error"
     code = "internal_error"
+
+
+ECHO_LIMIT = 256  # characters of a client's value repeated in an error message
+
+
+def echo(value: str, limit: int = ECHO_LIMIT) -> str:
+    """``value`` as an error message may repeat it: a 1 MB model name gets no 1 MB reply."""
+    return value if len(value) <= limit else value[:limit] + f"... ({len(value)} characters)"
 
 
 def error_body(

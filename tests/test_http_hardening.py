@@ -126,14 +126,61 @@ async def test_chunked_body_too_large_is_413() -> None:
         await client.close()
 
 
-async def test_http_0_9_line_is_closed_by_the_header_timeout() -> None:
-    async with running(header_timeout=0.2) as server:
+@pytest.mark.parametrize(
+    "line", [b"GET /\r\n", b"\r\nGET /\n", b"hello\r\n", b"GET /health HTTP/1.1 extra\r\n"]
+)
+async def test_a_request_line_that_cannot_be_http_1_is_400_at_once(line: bytes) -> None:
+    # header_timeout is long: the answer must come from the line itself, not from a timeout.
+    async with running(header_timeout=30) as server:
         client = await RawClient.connect(server)
-        await client.send(b"GET /\r\n")
-        data = await client.read_all(timeout=3.0)
-        assert b"HTTP/1.1 200" not in data
-        assert client.reader.at_eof()
+        status, _headers, body = await _status_then_close(client, line)
+        assert status == 400
+        assert orjson.loads(body)["error"]["code"] == "bad_request"
         await client.close()
+
+
+async def test_a_valid_request_line_arriving_in_pieces_is_not_judged_early(raw: object) -> None:
+    client = await raw()  # type: ignore[operator]
+    for piece in (b"GE", b"T /hea", b"lth HTTP/1", b".1\r", b"\nHost: t\r\n", b"\r\n"):
+        await client.send(piece)
+    status, _, body = await client.read_response()
+    assert (status, body) == (200, b'{"status":"ok"}')
+
+
+@pytest.mark.parametrize(
+    "target", [b"http://example.com/health", b"HTTP://x:80/health", b"https://x/health?a=1"]
+)
+async def test_absolute_form_targets_are_accepted(raw: object, target: bytes) -> None:
+    client = await raw()  # type: ignore[operator]
+    await client.send(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target)
+    status, _, body = await client.read_response()
+    assert (status, body) == (200, b'{"status":"ok"}')
+
+
+async def test_options_star_answers_the_servers_methods(raw: object) -> None:
+    client = await raw()  # type: ignore[operator]
+    await client.send(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n" + GET)
+    status, headers, body = await client.read_response()
+    assert (status, body, headers["content-length"]) == (200, b"", "0")
+    assert set(headers["allow"].split(", ")) == {"GET", "HEAD", "POST", "OPTIONS"}
+    status, _, _ = await client.read_response()  # the connection goes on
+    assert status == 200
+
+
+async def test_an_unknown_models_name_is_echoed_truncated(raw: object) -> None:
+    name = "m" * 1_000_000
+    data = orjson.dumps({"model": name, "messages": [{"role": "user", "content": "hi"}]})
+    client = await raw()  # type: ignore[operator]
+    await client.send(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(data), data)
+    )
+    status, _, body = await client.read_response()
+    assert status == 404
+    assert len(body) < 1024
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "model_not_found"
+    assert "1000000 characters" in error["message"]
 
 
 async def test_slowloris_headers_are_cut_off() -> None:

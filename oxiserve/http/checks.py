@@ -18,6 +18,12 @@ _FORBIDDEN_TRAILERS = frozenset(
      b"trailer"}
 )  # fmt: skip
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
+# method SP target SP HTTP-version (RFC 9112 section 3); h11 waits for a whole header block
+# before it looks at the line, so a line that can never start a request is caught here.
+_REQUEST_LINE = re.compile(
+    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e\x80-\xff]+ HTTP/[0-9]\.[0-9]\r?\n"
+)
+_ABSOLUTE_FORM = re.compile(rb"[hH][tT][tT][pP][sS]?://[^/?#]*")
 _CODES = {
     400: "bad_request",
     408: "request_timeout",
@@ -36,6 +42,31 @@ class Rejected(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def check_request_line(start: bytes) -> bool:
+    """Whether the request's first line is complete (then it was valid); ``Rejected`` if the
+    complete line cannot start an HTTP/1.x request (e.g. an HTTP/0.9 ``GET /``), so it is
+    answered at once instead of waiting for a header block that never comes."""
+    start = start.lstrip(b"\r\n")  # empty lines before a request are allowed (RFC 9112 2.2)
+    end = start.find(b"\n")
+    if end < 0:
+        return False
+    if not _REQUEST_LINE.fullmatch(start, 0, end + 1):
+        raise Rejected(400, "Malformed HTTP request line; expected 'METHOD /path HTTP/1.1'.")
+    return True
+
+
+def origin_form(target: bytes) -> bytes:
+    """The path and query of a target; an absolute-form target (``http://host/path``) that a
+    server must accept (RFC 9112 section 3.2.2) is reduced to its path."""
+    if target[:1] == b"/":
+        return target
+    authority = _ABSOLUTE_FORM.match(target)
+    if authority is None:
+        return target
+    rest = target[authority.end() :]
+    return rest if rest[:1] == b"/" else b"/" + rest
 
 
 def error_code(status: int) -> str:
@@ -75,7 +106,7 @@ def check_framing(head: h11.Request, fields: dict[str, str], config: Config) -> 
     length = fields.get("content-length")
     if "transfer-encoding" in fields and (length is not None or head.http_version == b"1.0"):
         raise Rejected(400, "Transfer-Encoding is not allowed with Content-Length or HTTP/1.0.")
-    target = head.target
+    target = origin_form(head.target)
     if not target.startswith(b"/") and not (target == b"*" and head.method == b"OPTIONS"):
         raise Rejected(400, "Invalid request target.")
     # h11 has validated Content-Length (digits, no conflicting duplicates).

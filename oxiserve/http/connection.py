@@ -15,10 +15,11 @@ Life of a connection, one request at a time (pipelined requests wait their turn)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import h11
 
@@ -27,9 +28,11 @@ from oxiserve.http import wire
 from oxiserve.http.checks import (
     Rejected,
     check_framing,
+    check_request_line,
     check_trailers,
     client_request_id,
     error_code,
+    origin_form,
     read_fields,
     wants_keep_alive,
 )
@@ -79,12 +82,15 @@ class Connection(asyncio.Protocol):
         self._stalled = False  # the client is not reading our answers: parse nothing more
         self._paused_at = 0.0
         self._fields: dict[str, str] = {}
+        self._line = b""  # the start of a request until its first line is complete and valid
+        self._line_ok = False
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Used through the documented Transport methods only: uvloop's transports implement
+        # them without subclassing asyncio.Transport.
+        self.transport = transport = cast(asyncio.Transport, transport)
         if not self.ctx.admit(self):
             self._reject_now(503, "The server has too many open connections; retry later.")
             self._close()
@@ -105,8 +111,22 @@ class Connection(asyncio.Protocol):
         if phase is Phase.IDLE:
             self.phase = Phase.HEADERS
             self.deadline = self.ctx.loop.time() + self.ctx.config.header_timeout
+        if self._feed(data):
+            self._parse()
+
+    def _feed(self, data: bytes) -> bool:
+        """Hand bytes to h11, first answering a request line h11 would wait on forever."""
+        if not self._line_ok:
+            self._line += data
+            try:
+                self._line_ok = check_request_line(self._line[: self.ctx.config.max_header_bytes])
+            except Rejected as exc:
+                self._reject_now(exc.status, exc.message)
+                return False
+            if self._line_ok or len(self._line) > self.ctx.config.max_header_bytes:
+                self._line, self._line_ok = b"", True  # h11 judges the rest
         self._parser.receive_data(data)
-        self._parse()
+        return True
 
     def eof_received(self) -> bool:
         # A client that closes its side while we work on its request has given up on it
@@ -123,6 +143,12 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = Phase.CLOSED
         self.ctx.release(self)
+        if self._request is not None:
+            # The client left before its answer was complete (nginx's 499), streamed or not.
+            if self._writer is not None:
+                self._sent = self._writer.sent
+            self._log_access(499)
+            self._request = None
         if self._writer is not None:
             self._writer.lost()
         if self._task is not None and not self._task.done():
@@ -193,7 +219,7 @@ class Connection(asyncio.Protocol):
         head = self._head
         assert head is not None
         self.phase = Phase.HANDLING
-        target = head.target.decode("latin-1")
+        target = origin_form(head.target).decode("latin-1")
         path, _, query = target.partition("?")
         headers = self._fields
         request_id = client_request_id(headers) or self.ctx.new_id()
@@ -210,6 +236,9 @@ class Connection(asyncio.Protocol):
     # -- dispatch and responses --------------------------------------------------------
 
     def _dispatch(self, request: Request) -> None:
+        if request.path == "*":  # OPTIONS * (the only method check_framing lets through)
+            self._send(Response(b"", headers=(("allow", self.ctx.allow_all),)))
+            return
         route = self.ctx.router.match(request.method, request.path)
         if self.ctx.cors is not None and request.method == "OPTIONS" and route is not None:
             methods = route.allow if isinstance(route, MethodMismatch) else ("OPTIONS",)
@@ -318,13 +347,16 @@ class Connection(asyncio.Protocol):
             # Shutdown may have begun while we streamed: then this connection ends here.
             self._finish_cycle(close or not self._keep_alive or self.ctx.closing)
 
-    def _finish_cycle(self, close: bool) -> None:
+    def _log_access(self, status: int) -> None:
         request = self._request
         if request is not None and self.ctx.access_log:
             access_log.info(
-                '%s %s %d %d %.1fms id=%s', request.method, request.path, self._status,
+                '%s %s %d %d %.1fms id=%s', request.method, request.path, status,
                 self._sent, (self.ctx.loop.time() - self._started) * 1000, request.request_id,
             )  # fmt: skip
+
+    def _finish_cycle(self, close: bool) -> None:
+        self._log_access(self._status)
         self._request = None
         self._fields = {}
         self._task = None
@@ -347,6 +379,7 @@ class Connection(asyncio.Protocol):
     def _continue(self, pending: bytes) -> None:
         """Start the next request cycle with the bytes already received."""
         self._parser = self.ctx.new_parser()
+        self._line, self._line_ok = b"", False
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
@@ -358,8 +391,7 @@ class Connection(asyncio.Protocol):
         # (no recursion, however many requests arrived in one packet).
         self.phase = Phase.HEADERS
         self.deadline = self.ctx.loop.time() + self.ctx.config.header_timeout
-        self._parser.receive_data(pending)
-        if not self._in_parse:
+        if self._feed(pending) and not self._in_parse:
             self._parse()
 
     # -- errors, timeouts, closing -------------------------------------------------------
@@ -382,8 +414,10 @@ class Connection(asyncio.Protocol):
         # client is not reset before it reads the error.
         self.phase = Phase.LINGER
         self.deadline = self.ctx.loop.time() + 1.0
-        if transport.can_write_eof():
-            transport.write_eof()
+        # The client may be gone already (a reset while this was written): nothing to raise.
+        with contextlib.suppress(OSError, RuntimeError):
+            if transport.can_write_eof():
+                transport.write_eof()
 
     def check_timeout(self, now: float) -> None:
         """Called by the server's sweep; closes connections past their deadline."""

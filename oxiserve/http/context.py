@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -16,6 +17,8 @@ from oxiserve.http.router import Router
 
 if TYPE_CHECKING:
     from oxiserve.http.connection import Connection
+
+log = logging.getLogger("oxiserve.http")
 
 
 class ServerContext:
@@ -31,6 +34,9 @@ class ServerContext:
             logging.INFO
         )
         self.cors = CorsPolicy(config.cors_allow_origins) if config.cors_allow_origins else None
+        # The answer to OPTIONS *: every method some route takes.
+        methods = {method for method, _ in router.routes()} | {"OPTIONS"}
+        self.allow_all = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
         self._ids = itertools.count(1)
         self._id_prefix = "req_" + os.urandom(6).hex()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -70,10 +76,18 @@ class ServerContext:
             self._sweeper = None
 
     def _sweep(self) -> None:
+        # Rescheduled first: no connection's failure may end the sweep, or from then on no
+        # timeout would be enforced (slowloris would work again).
+        self._sweeper = self.loop.call_later(self._tick, self._sweep)
         now = self.loop.time()
         for conn in list(self.connections):
-            conn.check_timeout(now)
-        self._sweeper = self.loop.call_later(self._tick, self._sweep)
+            try:
+                conn.check_timeout(now)
+            except Exception:
+                log.exception("timeout check failed; dropping the connection")
+                with contextlib.suppress(Exception):
+                    conn.abort()
+                self.release(conn)
 
     def buffered_bytes(self) -> int:
         """Bytes waiting in all connections' write buffers (slow readers)."""
