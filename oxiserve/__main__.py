@@ -72,10 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from oxiserve import loops
     from oxiserve.server import serve
 
     try:
-        asyncio.run(serve(config))
+        loop_name, factory = loops.resolve(config.loop)
+    except loops.LoopUnavailable as exc:
+        print(f"oxiserve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(config, loop_name=loop_name))
     except OSError as exc:
         print(f"oxiserve: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ EngineName = Literal["sim"]  # "oxillama" joins when the real engine lands
 SimMode = Literal["echo", "lorem", "fixed"]
 SimFailureKind = Literal["before_first_token", "mid_stream", "429", "503"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+LoopName = Literal["auto", "asyncio", "uvloop"]
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -35,6 +36,11 @@ class Config:
         "info", "logging level", choices=("debug", "info", "warning", "error")
     )
     access_log: bool = _opt(True, "log one line per request at INFO")
+    loop: LoopName = _opt(
+        "auto",
+        "event loop of python -m oxiserve (auto: uvloop when installed, see the [fast] extra)",
+        choices=("auto", "asyncio", "uvloop"),
+    )
     shutdown_timeout: float = _opt(10.0, "seconds in-flight requests get to finish on shutdown")
 
     cors_allow_origins: str = _opt(

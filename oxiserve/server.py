@@ -111,7 +111,7 @@ class Server:
         await self.stop()
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, *, loop_name: str = "asyncio") -> None:
     """Run a server until SIGINT/SIGTERM, then shut down gracefully."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -120,7 +120,11 @@ async def serve(config: Config) -> None:
     server = Server(config)
     await server.start()
     engine = server.state.engine.name if server.state else config.engine
-    print(f"oxiserve listening on {server.url} (engine={engine})", file=sys.stderr, flush=True)
+    print(
+        f"oxiserve listening on {server.url} (engine={engine}, loop={loop_name})",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         await stop.wait()
     finally:

@@ -15,6 +15,24 @@ from oxiserve import Config, Server
 
 TIMEOUT = 5.0
 
+# The SDK and SSE wire tests run on both event loops users serve with (uvloop's transports
+# are not asyncio.Transport subclasses; a server that assumes so breaks on them).
+BOTH_LOOPS_MODULES = frozenset(
+    {"test_chat", "test_completions_embeddings", "test_http_connection", "test_http_hardening",
+     "test_loops"}
+)  # fmt: skip
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    module = getattr(item, "module", None)
+    if module is None or module.__name__.rpartition(".")[2] not in BOTH_LOOPS_MODULES:
+        return {"asyncio": asyncio.new_event_loop}
+    import uvloop
+
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
 
 @asynccontextmanager
 async def running(**overrides: Any) -> AsyncIterator[Server]:

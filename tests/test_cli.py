@@ -50,7 +50,7 @@ def test_invalid_options_exit_with_a_message(
     assert "error:" in capsys.readouterr().err
 
 
-def _start(*args: str) -> tuple[subprocess.Popen[bytes], str]:
+def _start(*args: str, loop: str = "(asyncio|uvloop)") -> tuple[subprocess.Popen[bytes], str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "oxiserve", "--port", "0", *args],
@@ -59,16 +59,23 @@ def _start(*args: str) -> tuple[subprocess.Popen[bytes], str]:
     assert proc.stderr is not None
     line = proc.stderr.readline().decode()
     match = re.fullmatch(
-        r"oxiserve listening on (http://127\.0\.0\.1:(\d+)) \(engine=sim\)\n", line
+        rf"oxiserve listening on (http://127\.0\.0\.1:(\d+)) \(engine=sim, loop={loop}\)\n", line
     )
     assert match, line
     assert int(match.group(2)) != 0
     return proc, match.group(1)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_serves_then_exits_0_on_signal(sig: signal.Signals) -> None:
-    proc, url = _start("--log-level", "info")
+@pytest.mark.parametrize(
+    ("sig", "loop"),
+    [(signal.SIGTERM, "asyncio"), (signal.SIGINT, "asyncio"), (signal.SIGTERM, "uvloop"),
+     (signal.SIGINT, "auto")],
+)  # fmt: skip
+def test_serves_then_exits_0_on_signal(sig: signal.Signals, loop: str) -> None:
+    # auto picks uvloop where it is installed (the dev extra installs it)
+    proc, url = _start(
+        "--log-level", "info", "--loop", loop, loop="uvloop" if loop == "auto" else loop
+    )
     try:
         with urllib.request.urlopen(url + "/health", timeout=5) as response:
             assert response.read() == b'{"status":"ok"}'
@@ -82,3 +89,17 @@ def test_serves_then_exits_0_on_signal(sig: signal.Signals) -> None:
         proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_asking_for_uvloop_without_it_installed_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from oxiserve import __main__, loops
+
+    monkeypatch.setattr(loops, "uvloop_installed", lambda: False)
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now fails
+    assert loops.resolve("auto")[0] == "asyncio"
+    assert __main__.main(["--loop", "uvloop", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "pip install 'oxiserve[fast]'" in err

@@ -118,6 +118,8 @@ async def test_clients_that_leave_as_their_408s_arrive_do_not_disable_timeouts()
         await first
         for client in clients:  # gone the moment the first 408 arrives: resets all round
             client.writer.transport.abort()
+        for client in clients:
+            await client.close()
         late = await RawClient.connect(server)
         await late.send(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # half a request
         status, _, _ = await late.read_response(timeout=5)
@@ -165,6 +167,7 @@ async def test_a_request_whose_client_left_is_logged_as_499(
             await wait_until(lambda: in_flight(server))
         client.writer.transport.abort()
         await wait_until(lambda: not server.context.connections)
+        await client.close()
         (line,) = [r.getMessage() for r in caplog.records if r.name == "oxiserve.access"]
         method, path, status, sent, duration, _ = line.split(" ")
         assert (method, path, status) == ("POST", "/v1/chat/completions", "499")
