@@ -91,17 +91,26 @@ def test_count_tokens_counts_words() -> None:
 
 
 @pytest.mark.parametrize(
-    ("max_tokens", "output_len", "expected"),
-    [(37, 0, 37), (None, 0, 16), (37, 5, 5), (10, 50, 10), (None, 3, 3), (0, 0, 0), (600, 0, 600)],
+    ("max_tokens", "output_len", "expected", "reason"),
+    [
+        (37, 0, 37, "length"),  # the client's limit cuts lorem, which has no end of its own
+        (None, 0, 16, "stop"),  # sim_default_max_tokens is the simulator's choice, not a limit
+        (37, 5, 5, "stop"),  # sim_output_len is the answer's own length
+        (5, 5, 5, "stop"),
+        (10, 50, 10, "length"),
+        (None, 3, 3, "stop"),
+        (0, 0, 0, "length"),
+        (600, 0, 600, "length"),
+    ],
 )
 async def test_lorem_produces_exactly_the_limit(
-    max_tokens: int | None, output_len: int, expected: int
+    max_tokens: int | None, output_len: int, expected: int, reason: str
 ) -> None:
     sim = engine(sim_output_len=output_len)
     stream = sim.generate(request(max_tokens=max_tokens))
     tokens = await collect(stream)
     assert len(tokens) == expected
-    assert stream.finish_reason == "length"
+    assert stream.finish_reason == reason
     assert stream.usage.completion_tokens == expected == sim.tokens_produced
     assert count_tokens("".join(tokens)) == expected
     assert all(t.startswith(" ") for t in tokens[1:])
@@ -131,7 +140,7 @@ async def test_echo_repeats_the_last_user_message() -> None:
 
 @pytest.mark.parametrize(
     ("max_tokens", "output_len", "expected", "reason"),
-    [(None, 0, 4, "stop"), (4, 0, 4, "stop"), (3, 0, 3, "length"), (None, 2, 2, "length")],
+    [(None, 0, 4, "stop"), (4, 0, 4, "stop"), (3, 0, 3, "length"), (None, 2, 2, "stop")],
 )
 async def test_echo_is_cut_at_the_limit(
     max_tokens: int | None, output_len: int, expected: int, reason: str
@@ -485,7 +494,7 @@ async def test_tool_choice_by_name_auto_and_none() -> None:
     for choice in (None, "none"):
         plain = sim.generate(request(tools=tools, tool_choice=choice))
         assert await collect(plain)
-        assert (plain.tool_calls, plain.finish_reason) == ([], "length")
+        assert (plain.tool_calls, plain.finish_reason) == ([], "stop")
     called = 0
     for i in range(100):
         auto = sim.generate(request(prompt=f"question {i}", tools=tools, tool_choice="auto"))

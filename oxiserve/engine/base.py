@@ -6,6 +6,7 @@ stream of text pieces (one per token) and inputs into embedding vectors.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -39,6 +40,29 @@ class ToolSpec:
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
+ResponseFormatKind = Literal["text", "json_object", "json_schema"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """The form an answer must take (OpenAI's ``response_format``, validated by the API layer).
+
+    ``kind`` is what the client asked for: "json_object" (a JSON object) or "json_schema"
+    (an instance of ``schema``; ``strict`` means every property present and no other, and
+    the API layer has checked the schema allows exactly that).  ``from_prompt`` marks a
+    ``schema`` the client did not send as a parameter but wrote into the conversation's
+    instructions, as instructor's JSON modes and pydantic-ai's PromptedOutput do; then
+    ``kind`` may also be "text".  An engine that constrains generation does so for the
+    json kinds only: a "text" answer stays free text for a real model.
+    """
+
+    kind: ResponseFormatKind
+    schema: Mapping[str, Any] | None = None
+    name: str = ""
+    strict: bool = False
+    from_prompt: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """Everything an engine needs to produce one completion (one choice).
@@ -50,6 +74,12 @@ class GenerationRequest:
     (it must also catch stop strings split across tokens); engines may stop
     early on them as an optimisation.  ``headers`` carries request metadata
     an engine may honour (the simulator's ``x-sim-error``).
+
+    The n choices of one API request differ only in ``choice_index``; what is
+    proportional to the request's size is computed once for all of them:
+    ``digest`` is :func:`request_digest` of the request (empty: not computed,
+    the engine computes it) and ``prompt_tokens`` the prompt's token count by
+    the engine's ``count_tokens`` (None: not counted yet).
     """
 
     model: str
@@ -66,7 +96,22 @@ class GenerationRequest:
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str | None = None  # None, "none", "auto" or "required"
     forced_tool: str | None = None  # tool_choice naming one function: call exactly that one
+    response_format: ResponseFormat | None = None  # None: free text
     headers: Mapping[str, str] = field(default_factory=dict)
+    digest: bytes = b""
+    prompt_tokens: int | None = None
+
+
+def request_digest(request: GenerationRequest) -> bytes:
+    """A stable 16-byte hash of what makes two requests ask the same thing, whatever the
+    choice (not ``hash()``: that is salted per process).  It reads the whole prompt, so it
+    is computed once per API request (see ``GenerationRequest.digest``).  ``max_tokens`` is
+    left out: as with a model, a lower limit cuts the same answer shorter."""
+    parts = [str(request.seed), request.model, request.prompt]
+    parts += [f"{m.role}\0{m.content}" for m in request.messages]
+    material = "".join([f"{len(part)}:{part}" for part in parts])  # unambiguous
+    digest = hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=16)
+    return digest.digest()
 
 
 @dataclass(frozen=True, slots=True)

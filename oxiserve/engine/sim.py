@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import struct
 import types
@@ -34,15 +35,25 @@ from oxiserve.engine.base import (
     FinishReason,
     GenerationRequest,
     ModelInfo,
+    ResponseFormat,
     TokenLogprob,
     ToolCall,
     ToolSpec,
     Usage,
+    request_digest,
 )
 
 CHUNK = 256  # tokens made at a time
 MODEL_CREATED = 1_735_689_600  # 2025-01-01T00:00:00Z: fixed, so /v1/models is reproducible
 _NO_FAILURE = -1
+# json_object with no schema to follow: any object will do; this one reads like an answer.
+_ANY_OBJECT: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+_Answer = tuple[list[str] | None, int, bool]  # pieces (None: lorem), count, complete
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +88,7 @@ class _Plan:
     seed: int
     count: int  # text tokens to produce
     reason: FinishReason  # finish reason once they are produced
-    pieces: list[str] | None  # echo/fixed text; None means lorem
+    pieces: list[str] | None  # echo/fixed text or JSON; None means lorem
     tool: ToolSpec | None
     fail_at: int
     failure: _Failure | None
@@ -85,13 +96,11 @@ class _Plan:
 
 
 def _request_seed(config: Config, request: GenerationRequest) -> int:
-    """A stable 128-bit hash of what makes two requests the same (not ``hash()``: salted)."""
-    parts = [str(config.sim_seed), str(request.seed), request.model, request.prompt]
-    parts += [str(request.max_tokens), str(request.choice_index)]
-    parts += [f"{m.role}\0{m.content}" for m in request.messages]
-    material = "".join([f"{len(part)}:{part}" for part in parts])  # unambiguous
-    digest = hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=16)
-    return int.from_bytes(digest.digest(), "little")
+    """The request's digest (computed once for all its choices) mixed with the simulator's
+    seed and the choice index: n choices differ, the same request repeats exactly."""
+    digest = request.digest or request_digest(request)
+    material = b"%d:%d:" % (config.sim_seed, request.choice_index) + digest
+    return int.from_bytes(hashlib.blake2b(material, digest_size=16).digest(), "little")
 
 
 def _header_failure(headers: Mapping[str, str], count: int) -> tuple[_Failure, int] | None:
@@ -128,24 +137,69 @@ def _pick_tool(request: GenerationRequest, roll: float, rng: Random) -> ToolSpec
     return rng.choice(request.tools)
 
 
-def _text(config: Config, request: GenerationRequest) -> tuple[list[str] | None, int, bool]:
-    """Echo/fixed pieces (None for lorem), tokens to produce, and whether that is all of them."""
+def _answer(config: Config, request: GenerationRequest, rng: Random) -> _Answer:
+    """What to say: an instance of the response format's schema when the request asks for
+    structured output (whatever the mode), else the mode's text.
+
+    The answer's own length is the simulator's choice (the text or JSON, ``sim_output_len``,
+    or ``sim_default_max_tokens`` of lorem when the client sets no limit): reaching it is a
+    complete answer, "stop".  Only the client's ``max_tokens`` or the server's
+    ``max_tokens_limit`` cut an answer short ("length").  Lorem without a length of its own
+    fills the client's limit, so load tests set output length per request.
+    """
+    hard = config.max_tokens_limit if request.max_tokens is None else request.max_tokens
+    pieces = _json_pieces(request.response_format, rng)
+    if pieces is not None:  # sim_output_len does not cut JSON: a client could not parse it
+        return _cut(pieces, hard)
     cap = config.sim_output_len or None
-    limit = request.max_tokens
     if config.sim_mode == "lorem":
-        limit = config.sim_default_max_tokens if limit is None else limit
-        count = max(0, limit if cap is None else min(limit, cap))
-        return None, count, False
+        default = config.sim_default_max_tokens
+        natural = cap if request.max_tokens is not None else min(default, cap or default)
+        if natural is None or natural > hard:
+            return None, max(0, hard), False
+        return None, natural, True
     if config.sim_mode == "fixed":
         text = config.sim_fixed_text
     else:
         users = [m.content for m in request.messages if m.role == "user"]
         text = users[-1] if users else request.prompt
     pieces = sim_text.split_pieces(text)
-    for bound in (limit, cap):
-        if bound is not None and len(pieces) > bound:
-            return pieces, max(0, bound), False
+    return _cut(pieces[:cap] if cap is not None else pieces, hard)
+
+
+def _cut(pieces: list[str], hard: int) -> _Answer:
+    if len(pieces) > hard:
+        return pieces, max(0, hard), False
     return pieces, len(pieces), True
+
+
+class _FormatError(ValueError):
+    """The client's response_format schema has no instance the simulator can make."""
+
+
+def _json_pieces(fmt: ResponseFormat | None, rng: Random) -> list[str] | None:
+    """The JSON answer ``fmt`` asks for, as tokens; None: answer free text.
+
+    A schema found in the prompt is only a hint: when it has no instance the answer is
+    what the kind allows (any object, or free text).  The client's own schema must work.
+    """
+    if fmt is None or (fmt.kind == "text" and fmt.schema is None):
+        return None
+    try:
+        value = sim_text.sample_json(_ANY_OBJECT if fmt.schema is None else fmt.schema, rng)
+        if fmt.kind == "json_object" and not isinstance(value, dict):
+            raise ValueError("the schema's instances are not JSON objects")
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+        if not fmt.from_prompt:
+            raise _FormatError(
+                f"The simulator cannot generate an instance of the schema of response_format "
+                f"'{fmt.name}': {exc}"
+            ) from None
+        if fmt.kind == "text":
+            return None
+        text = json.dumps(sim_text.sample_json(_ANY_OBJECT, rng))
+    return sim_text.split_pieces(text)
 
 
 def _plan(config: Config, request: GenerationRequest) -> _Plan:
@@ -155,11 +209,15 @@ def _plan(config: Config, request: GenerationRequest) -> _Plan:
     fail_roll, tool_roll, ttft_roll = rng.random(), rng.random(), rng.random()
     failure: _Failure | None = None
     fail_at = _NO_FAILURE
+    pieces, count, complete = None, 0, True
     try:
         tool = _pick_tool(request, tool_roll, rng)
+        if tool is None:
+            pieces, count, complete = _answer(config, request, rng)
     except LookupError as exc:
         tool, failure, fail_at = None, _Failure(str(exc), 400, "invalid_tool_choice"), 0
-    pieces, count, complete = _text(config, request) if tool is None else (None, 0, True)
+    except _FormatError as exc:
+        failure, fail_at = _Failure(str(exc), 400, "invalid_response_format"), 0
     reason: FinishReason = "tool_calls" if tool else "stop" if complete else "length"
     if failure is None:
         try:
@@ -237,7 +295,10 @@ class SimStream:
         self._gap_rng = Random(plan.seed + 1) if jitter else None
         self._lp_rng = Random(plan.seed + 2) if request.logprobs else None
         self._top_n = request.top_logprobs
-        self.usage = Usage(prompt_tokens=sim_text.count_tokens(request.prompt))
+        prompt_tokens = request.prompt_tokens
+        if prompt_tokens is None:
+            prompt_tokens = sim_text.count_tokens(request.prompt)
+        self.usage = Usage(prompt_tokens=prompt_tokens)
         self.finish_reason: FinishReason | None = None
         self.tool_calls: list[ToolCall] = []
         self.logprobs: list[TokenLogprob] = []
