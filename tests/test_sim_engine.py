@@ -17,7 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oxiserve.config import Config
-from oxiserve.engine.base import ChatMessage, EngineError, GenerationRequest, ToolSpec
+from oxiserve.engine.base import (
+    ChatMessage,
+    EngineError,
+    GenerationRequest,
+    ResponseFormat,
+    ToolSpec,
+    request_digest,
+)
 from oxiserve.engine.sim import MODEL_CREATED, SimEngine, SimStream
 from oxiserve.engine.sim_text import count_tokens, sample_json, split_pieces
 
@@ -162,6 +169,78 @@ async def test_fixed_mode_says_the_fixed_text() -> None:
     assert cut.finish_reason == "length"
 
 
+async def test_the_servers_limit_cuts_an_echo_with_length() -> None:
+    sim = engine(sim_mode="echo", max_tokens_limit=3)
+    stream = sim.generate(request(prompt="one two three four"))
+    assert await collect(stream) == ["one", " two", " three"]
+    assert stream.finish_reason == "length"
+
+
+# --- structured output ------------------------------------------------------------------------
+
+POINT = {
+    "type": "object",
+    "properties": {
+        "x": {"type": "integer"},
+        "label": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    },
+    "required": ["x", "label"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("mode", ["lorem", "echo", "fixed"])
+async def test_a_json_schema_answer_replaces_every_mode(mode: str) -> None:
+    fmt = ResponseFormat("json_schema", POINT, "point", strict=True)
+    stream = engine(sim_mode=mode).generate(request(response_format=fmt))
+    tokens = await collect(stream)
+    value = orjson.loads("".join(tokens))
+    assert set(value) == {"x", "label"}
+    assert isinstance(value["x"], int)
+    assert isinstance(value["label"], str)
+    assert stream.finish_reason == "stop"
+    assert stream.usage.completion_tokens == len(tokens) > 1
+    cut = engine(sim_mode=mode).generate(request(response_format=fmt, max_tokens=len(tokens) - 1))
+    assert await collect(cut) == tokens[:-1]
+    assert cut.finish_reason == "length"
+
+
+async def test_sim_output_len_does_not_cut_json() -> None:
+    fmt = ResponseFormat("json_schema", POINT, "point")
+    text = await text_of(engine(sim_output_len=1), response_format=fmt)
+    assert set(orjson.loads(text)) == {"x", "label"}
+
+
+async def test_json_object_without_a_schema_is_an_object() -> None:
+    stream = engine().generate(request(response_format=ResponseFormat("json_object")))
+    value = orjson.loads("".join(await collect(stream)))
+    assert isinstance(value, dict)
+    assert value
+
+
+async def test_a_schema_with_no_instance_fails_only_when_the_client_sent_it() -> None:
+    impossible = {"type": "array", "minItems": 100_000}
+    sent = ResponseFormat("json_schema", impossible, "lots")
+    error, tokens = await fails_with(engine().generate(request(response_format=sent)))
+    assert (error.status, error.code, tokens) == (400, "invalid_response_format", [])
+    # From the prompt a schema is a hint: the answer is what the kind allows.
+    hinted = ResponseFormat("json_object", impossible, from_prompt=True)
+    assert isinstance(orjson.loads(await text_of(engine(), response_format=hinted)), dict)
+    as_text = ResponseFormat("text", impossible, from_prompt=True)
+    lorem = engine().generate(request(response_format=as_text))
+    words = "".join(await collect(lorem))
+    assert (lorem.usage.completion_tokens, lorem.finish_reason) == (16, "stop")
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(words)
+
+
+async def test_json_choices_differ_and_repeat() -> None:
+    fmt = ResponseFormat("json_schema", POINT, "point")
+    texts = [await text_of(engine(), response_format=fmt, choice_index=i) for i in range(4)]
+    assert len(set(texts)) > 1
+    assert texts == [await text_of(engine(), response_format=fmt, choice_index=i) for i in range(4)]
+
+
 async def test_empty_echo_finishes_without_tokens() -> None:
     stream = engine(sim_mode="echo").generate(request(prompt=""))
     assert await collect(stream) == []
@@ -177,6 +256,14 @@ async def test_same_seed_and_request_give_the_same_output() -> None:
     second = engine(sim_seed=7).generate(request(**fields))
     assert await collect(first) == await collect(second)
     assert first.logprobs == second.logprobs
+
+
+async def test_a_precomputed_digest_answers_as_without() -> None:
+    fields: dict[str, Any] = {"max_tokens": 20, "seed": 3, "choice_index": 2}
+    plain = await text_of(engine(), **fields)
+    digest = request_digest(request(**fields))
+    assert await text_of(engine(), digest=digest, **fields) == plain
+    assert await text_of(engine(), digest=b"another request", **fields) != plain
 
 
 async def test_seed_request_and_choice_change_the_output() -> None:

@@ -106,11 +106,15 @@ def request_digest(request: GenerationRequest) -> bytes:
     """A stable 16-byte hash of what makes two requests ask the same thing, whatever the
     choice (not ``hash()``: that is salted per process).  It reads the whole prompt, so it
     is computed once per API request (see ``GenerationRequest.digest``).  ``max_tokens`` is
-    left out: as with a model, a lower limit cuts the same answer shorter."""
+    left out: as with a model, a lower limit cuts the same answer shorter.  Chat messages
+    count by role and length only: their text is in the prompt already."""
+    digest = hashlib.blake2b(digest_size=16)
     parts = [str(request.seed), request.model, request.prompt]
-    parts += [f"{m.role}\0{m.content}" for m in request.messages]
-    material = "".join([f"{len(part)}:{part}" for part in parts])  # unambiguous
-    digest = hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=16)
+    parts += [f"{m.role}:{len(m.content)}" for m in request.messages]
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass")
+        digest.update(b"%d:" % len(data))  # unambiguous
+        digest.update(data)
     return digest.digest()
 
 
