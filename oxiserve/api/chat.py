@@ -15,7 +15,7 @@ from oxiserve.api.sampling import (
     SamplingParams,
     check_budget,
     engine_headers,
-    generation_request,
+    generation_requests,
     read_sampling,
 )
 from oxiserve.api.state import AppState
@@ -40,26 +40,26 @@ async def create_chat_completion(state: AppState, request: Request) -> Response 
     check_budget(sampling, 1, state.config.max_tokens_limit)
     model = state.model(chat.model).id
     headers = engine_headers(request)
-    requests = [
-        generation_request(
-            sampling,
-            headers,
-            model=model,
-            prompt=chat.prompt,
-            choice_index=index,
-            messages=chat.messages,
-            tools=chat.tools,
-            tool_choice=chat.tool_choice,
-            forced_tool=chat.forced_tool,
-        )
-        for index in range(sampling.n)
-    ]
+    requests = generation_requests(
+        sampling,
+        headers,
+        state.engine.count_tokens,
+        model=model,
+        prompt=chat.prompt,
+        messages=chat.messages,
+        tools=chat.tools,
+        tool_choice=chat.tool_choice,
+        forced_tool=chat.forced_tool,
+        response_format=chat.response_format,
+    )
     completion_id = "chatcmpl-" + os.urandom(12).hex()
     created = int(time.time())
+    legacy = chat.legacy_functions
     if not sampling.stream:
         results = await collect(state.engine, requests, sampling.stop)
-        return json_response(completion_object(completion_id, created, model, results, sampling))
-    encoder = ChatChunkEncoder(completion_id, created, model)
+        body = completion_object(completion_id, created, model, results, sampling, legacy)
+        return json_response(body)
+    encoder = ChatChunkEncoder(completion_id, created, model, legacy_functions=legacy)
     return await start_stream(state.engine, requests, encoder, sampling, state.config)
 
 
@@ -69,11 +69,20 @@ def completion_object(
     model: str,
     results: Sequence[ChoiceResult],
     sampling: SamplingParams,
+    legacy_functions: bool = False,
 ) -> dict[str, Any]:
+    """A chat.completion; with ``legacy_functions`` a call is answered as OpenAI answers the
+    deprecated ``functions``: ``message.function_call`` and finish_reason "function_call"."""
     choices = []
     for result in results:
         message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
-        if result.tool_calls:
+        finish_reason = result.finish_reason
+        if result.tool_calls and legacy_functions:
+            call = result.tool_calls[0]  # the legacy API makes one call per answer
+            message["content"] = result.text or None
+            message["function_call"] = {"name": call.name, "arguments": call.arguments}
+            finish_reason = "function_call"
+        elif result.tool_calls:
             message["content"] = result.text or None
             message["tool_calls"] = [tool_call_object(call) for call in result.tool_calls]
         choices.append(
@@ -85,7 +94,7 @@ def completion_object(
                     if sampling.logprobs
                     else None
                 ),
-                "finish_reason": result.finish_reason,
+                "finish_reason": finish_reason,
             }
         )
     return {
@@ -131,9 +140,16 @@ _PLACEHOLDER = "\x00oxiserve\x00"
 
 
 class ChatChunkEncoder:
-    """chat.completion.chunk frames; text frames come from a pre-split template."""
+    """chat.completion.chunk frames; text frames come from a pre-split template.
 
-    def __init__(self, completion_id: str, created: int, model: str) -> None:
+    With ``legacy_functions`` a call streams as ``delta.function_call`` (the name, then
+    argument fragments) and ends with finish_reason "function_call".
+    """
+
+    def __init__(
+        self, completion_id: str, created: int, model: str, *, legacy_functions: bool = False
+    ) -> None:
+        self._legacy = legacy_functions
         self._base = {
             "id": completion_id,
             "object": "chat.completion.chunk",
@@ -171,6 +187,8 @@ class ChatChunkEncoder:
         return self._frame([choice])
 
     def tool_calls(self, index: int, calls: Sequence[ToolCall]) -> list[bytes]:
+        if self._legacy:
+            return self._function_call(index, calls[0]) if calls else []
         frames = []
         for position, call in enumerate(calls):
             head = {
@@ -185,7 +203,17 @@ class ChatChunkEncoder:
                 frames.append(self._frame([self._choice(index, delta)]))
         return frames
 
+    def _function_call(self, index: int, call: ToolCall) -> list[bytes]:
+        head = {"function_call": {"name": call.name, "arguments": ""}}
+        frames = [self._frame([self._choice(index, head)])]
+        for piece in _pieces(call.arguments, 16):
+            delta = {"function_call": {"arguments": piece}}
+            frames.append(self._frame([self._choice(index, delta)]))
+        return frames
+
     def finish(self, index: int, reason: str) -> bytes:
+        if self._legacy and reason == "tool_calls":
+            reason = "function_call"
         return self._frame([self._choice(index, {}, reason)])
 
     def usage(self, usage: Usage) -> bytes:

@@ -16,12 +16,12 @@ from oxiserve.api.sampling import (
     SamplingParams,
     check_budget,
     engine_headers,
-    generation_request,
+    generation_requests,
     read_sampling,
 )
 from oxiserve.api.state import AppState
 from oxiserve.api.streaming import ChoiceResult, collect, start_stream, total_usage
-from oxiserve.engine.base import TokenLogprob, ToolCall, Usage
+from oxiserve.engine.base import GenerationRequest, TokenLogprob, ToolCall, Usage
 from oxiserve.errors import APIError, InvalidRequest
 from oxiserve.http import sse
 from oxiserve.http.messages import Request, Response, StreamResponse, json_response
@@ -69,13 +69,12 @@ async def create_completion(state: AppState, request: Request) -> Response | Str
     echo = params.get_bool(body, "echo")
     params.get_str(body, "suffix", None)
     headers = engine_headers(request)
-    requests = [
-        generation_request(
-            sampling, headers, model=model, prompt=prompt, choice_index=p * sampling.n + c
-        )
-        for p, prompt in enumerate(prompts)
-        for c in range(sampling.n)
-    ]
+    requests: list[GenerationRequest] = []
+    for p, prompt in enumerate(prompts):
+        requests += generation_requests(
+            sampling, headers, state.engine.count_tokens,
+            model=model, prompt=prompt, first_index=p * sampling.n,
+        )  # fmt: skip
     completion_id = "cmpl-" + os.urandom(12).hex()
     created = int(time.time())
     echoes = {r.choice_index: r.prompt for r in requests} if echo else {}

@@ -52,12 +52,12 @@ def get_str(body: Mapping[str, Any], name: str, default: Any = _MISSING, *, para
     return value
 
 
-def get_bool(body: Mapping[str, Any], name: str, default: bool = False) -> bool:
+def get_bool(body: Mapping[str, Any], name: str, default: bool = False, *, param: str = "") -> bool:
     value = body.get(name)
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise _wrong(name, "a boolean", value)
+        raise _wrong(param or name, "a boolean", value)
     return value
 
 

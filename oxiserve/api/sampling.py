@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from oxiserve.api import params
-from oxiserve.engine.base import GenerationRequest
+from oxiserve.engine.base import GenerationRequest, request_digest
 from oxiserve.errors import InvalidRequest
 from oxiserve.http.messages import Request
 
@@ -87,17 +87,20 @@ def check_budget(sampling: SamplingParams, prompts: int, limit: int) -> None:
         )
 
 
-def generation_request(
+def generation_requests(
     sampling: SamplingParams,
     headers: Mapping[str, str],
+    count_tokens: Callable[[str], int],
     *,
     model: str,
     prompt: str,
-    choice_index: int,
+    first_index: int = 0,
     **extra: Any,
-) -> GenerationRequest:
-    """What one choice asks of the engine (``extra``: chat messages and tools)."""
-    return GenerationRequest(
+) -> list[GenerationRequest]:
+    """What each of the ``sampling.n`` choices of one prompt asks of the engine (``extra``:
+    chat messages, tools, response format).  The work proportional to the prompt (its digest,
+    its token count by the engine's ``count_tokens``) is done once, not once per choice."""
+    first = GenerationRequest(
         model=model,
         prompt=prompt,
         max_tokens=sampling.max_tokens,
@@ -107,10 +110,12 @@ def generation_request(
         stop=sampling.stop,
         logprobs=sampling.logprobs,
         top_logprobs=sampling.top_logprobs,
-        choice_index=choice_index,
+        choice_index=first_index,
         headers=headers,
         **extra,
     )
+    first = replace(first, digest=request_digest(first), prompt_tokens=count_tokens(prompt))
+    return [first] + [replace(first, choice_index=first_index + i) for i in range(1, sampling.n)]
 
 
 def engine_headers(request: Request) -> dict[str, str]:
