@@ -59,6 +59,10 @@ class Config:
     write_buffer_limit: int = _opt(
         256 * 1024, "bytes buffered for a slow reader before the server stops writing"
     )
+    max_buffered_bytes: int = _opt(
+        64 * 1024 * 1024,
+        "bytes of large bodies buffered for all clients together; more waits (0: no bound)",
+    )
 
     max_tokens_limit: int = _opt(131072, "largest max_tokens a request may ask for (400 beyond)")
 

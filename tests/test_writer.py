@@ -118,3 +118,65 @@ async def test_close_delimited_body_has_no_chunk_framing() -> None:
     writer.write(b"data: 2\n\n")
     writer.finish()
     assert b"".join(transport.writes) == b"H|data: 1\n\ndata: 2\n\n"
+
+
+async def test_a_large_write_goes_out_in_pieces_under_flow_control() -> None:
+    from oxiserve.http.writer import PIECE
+
+    writer, transport = make(0.0)
+    events: list[str] = []
+    writer.set_flow_listener(lambda: events.append("pause"), lambda: events.append("resume"))
+
+    class Pausing(FakeTransport):
+        def write(self, data: bytes) -> None:
+            super().write(bytes(data))
+            if len(self.writes) == 2:
+                writer.flow(paused=True)  # the transport's buffer filled on the second piece
+
+    transport = Pausing()
+    writer._transport = cast(Any, transport)
+    big = bytes(range(256)) * (PIECE // 64)  # four pieces' worth
+    writer.write(big)
+    writer.write(b"after")  # queued behind the big one, never ahead of it
+    assert len(transport.writes) == 2
+    assert all(len(w) <= PIECE for w in transport.writes)
+    assert writer.paused
+    assert events == ["pause"]
+    writer.flow(paused=False)
+    assert not writer.paused
+    assert events == ["pause", "resume"]
+    writer.finish()
+    await writer.wait_flushed()
+    assert await decode(transport.writes[:-1]) == big + b"after"
+    assert transport.writes[-1] == b"0\r\n\r\n"
+
+
+async def test_pieces_wait_for_the_server_wide_budget() -> None:
+    from oxiserve.http.budget import WriteBudget
+    from oxiserve.http.writer import PIECE
+
+    total = [10 * PIECE]  # what every other connection holds right now
+    loop = asyncio.get_running_loop()
+    budget = WriteBudget(10 * PIECE, lambda: total[0], loop)
+    transport = FakeTransport()
+    writer = ChunkedWriter(cast(Any, transport), loop, 0.0, budget=budget, chunked=False)
+    writer.write(b"x" * (3 * PIECE))
+    assert transport.writes == []
+    assert writer.paused
+    assert budget.waiting == 1
+    flushed = asyncio.ensure_future(writer.wait_flushed())
+    total[0] = 0  # the others drained
+    await asyncio.wait_for(flushed, 2)
+    assert b"".join(bytes(w) for w in transport.writes) == b"x" * (3 * PIECE)
+    assert not writer.paused
+
+
+async def test_a_lost_client_releases_what_waits() -> None:
+    writer, transport = make(0.0, paused=True)
+    writer.write(b"y" * (200 * 1024))
+    draining = asyncio.ensure_future(writer.drain())
+    flushed = asyncio.ensure_future(writer.wait_flushed())
+    writer.lost()
+    await asyncio.wait_for(asyncio.gather(draining, flushed), 2)
+    assert transport.writes == []
+    assert writer.queued == 0

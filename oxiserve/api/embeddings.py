@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import struct
+from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from oxiserve.api import params
 from oxiserve.api.sampling import engine_headers
@@ -13,26 +17,37 @@ from oxiserve.api.state import AppState
 from oxiserve.api.streaming import api_error
 from oxiserve.engine.base import EngineError
 from oxiserve.errors import InvalidRequest
-from oxiserve.http.messages import Request, Response, json_response
+from oxiserve.http.messages import BodyWriter, Request, Response, StreamResponse
 from oxiserve.http.router import Router
 
-MAX_INPUTS = 2048
+MAX_INPUTS = 2048  # OpenAI's limits: inputs per request,
+MAX_INPUT_TOKENS = 8192  # tokens per input,
+MAX_REQUEST_TOKENS = 300_000  # and tokens per request
 MAX_DIMENSIONS = 8192
 MAX_FLOATS = 2**21  # inputs x dimensions per request: bounds the response (~40 MB of JSON)
+# A text this long is more than MAX_INPUT_TOKENS for any tokenizer worth the name: refused
+# before counting, so counting a 10 MB string never runs on the event loop.
+_MAX_INPUT_CHARS = MAX_INPUT_TOKENS * 32
+_SLICE_FLOATS = 65536  # numbers computed and encoded at a time (about 1.4 MB of JSON)
 
 
 def register(router: Router, state: AppState) -> None:
     router.add("POST", "/v1/embeddings", functools.partial(create_embeddings, state))
 
 
-def read_inputs(body: dict[str, Any]) -> list[str]:
+def read_inputs(body: dict[str, Any], count_tokens: Callable[[str], int]) -> tuple[list[str], int]:
+    """The inputs as texts (token-id arrays joined with spaces) and their token count.
+
+    Sizes are checked before any per-element work, so a 10 MB array of token ids is refused
+    as fast as it was parsed.
+    """
     raw = body.get("input")
     if raw is None:
         raise params.missing("input")
     if isinstance(raw, str):
         items: list[Any] = [raw]
-    elif isinstance(raw, list) and raw and all(_is_token(t) for t in raw):
-        items = [raw]
+    elif isinstance(raw, list) and raw and _is_token(raw[0]):
+        items = [raw]  # one token-id array
     elif isinstance(raw, list):
         items = raw
     else:
@@ -44,28 +59,53 @@ def read_inputs(body: dict[str, Any]) -> list[str]:
         raise InvalidRequest("'input' must not be empty.", param="input")
     if len(items) > MAX_INPUTS:
         raise InvalidRequest(f"'input' may hold at most {MAX_INPUTS} items.", param="input")
-    texts = []
+    texts, total = [], 0
     for i, item in enumerate(items):
-        if isinstance(item, str) and item:
-            texts.append(item)
-        elif isinstance(item, list) and item and all(_is_token(t) for t in item):
-            texts.append(" ".join(map(str, item)))
-        else:
+        where = "input" if items is not raw else f"input[{i}]"
+        text, tokens = _read_input(item, where, count_tokens)
+        total += tokens
+        if total > MAX_REQUEST_TOKENS:
             raise InvalidRequest(
-                f"Invalid 'input[{i}]': expected a non-empty string or token-id array.",
-                param="input",
+                f"This request holds more than {MAX_REQUEST_TOKENS} input tokens; "
+                "send fewer or shorter inputs per request.",
+                param="input", code="max_tokens_per_request",
+            )  # fmt: skip
+        texts.append(text)
+    return texts, total
+
+
+def _read_input(item: Any, where: str, count_tokens: Callable[[str], int]) -> tuple[str, int]:
+    if isinstance(item, str) and item:
+        tokens = MAX_INPUT_TOKENS + 1 if len(item) > _MAX_INPUT_CHARS else count_tokens(item)
+        text = item
+    elif isinstance(item, list) and item:
+        tokens = len(item)
+        if tokens <= MAX_INPUT_TOKENS and not all(map(_is_token, item)):
+            raise InvalidRequest(
+                f"Invalid '{where}': token ids must be non-negative integers.", param="input"
             )
-    return texts
+        text = " ".join(map(str, item)) if tokens <= MAX_INPUT_TOKENS else ""
+    else:
+        raise InvalidRequest(
+            f"Invalid '{where}': expected a non-empty string or token-id array.",
+            param="input",
+        )
+    if tokens > MAX_INPUT_TOKENS:
+        raise InvalidRequest(
+            f"Invalid '{where}': an input may hold at most {MAX_INPUT_TOKENS} tokens.",
+            param="input", code="context_length_exceeded",
+        )  # fmt: skip
+    return text, tokens
 
 
 def _is_token(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return type(value) is int and value >= 0
 
 
-async def create_embeddings(state: AppState, request: Request) -> Response:
+async def create_embeddings(state: AppState, request: Request) -> Response | StreamResponse:
     body = params.require_object(request.json())
     model = state.model(params.get_str(body, "model")).id
-    inputs = read_inputs(body)
+    inputs, tokens = read_inputs(body, state.engine.count_tokens)
     encoding = params.get_str(body, "encoding_format", "float")
     if encoding not in ("float", "base64"):
         raise InvalidRequest(
@@ -73,25 +113,49 @@ async def create_embeddings(state: AppState, request: Request) -> Response:
             param="encoding_format", code="invalid_value",
         )  # fmt: skip
     dimensions = params.get_int(body, "dimensions", minimum=1, maximum=MAX_DIMENSIONS)
-    size = len(inputs) * (dimensions or state.config.sim_embedding_dim)
-    if size > MAX_FLOATS:
+    size = dimensions or state.config.sim_embedding_dim
+    if len(inputs) * size > MAX_FLOATS:
         raise InvalidRequest(
-            f"This request asks for {size} numbers (inputs x dimensions), more than "
-            f"{MAX_FLOATS}; send fewer inputs per request.",
+            f"This request asks for {len(inputs) * size} numbers (inputs x dimensions), more "
+            f"than {MAX_FLOATS}; send fewer inputs per request.",
             param="input",
         )
     params.get_str(body, "user", None)
-    try:
-        vectors = await state.engine.embed(model, inputs, dimensions, engine_headers(request))
-    except EngineError as exc:
-        raise api_error(exc) from None
-    data = [
-        {"object": "embedding", "index": i, "embedding": _encode(v, encoding)}
-        for i, v in enumerate(vectors)
-    ]
-    tokens = sum(state.engine.count_tokens(text) for text in inputs)
-    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return json_response({"object": "list", "data": data, "model": model, "usage": usage})
+    headers = engine_headers(request)
+
+    async def embed(start: int, stop: int) -> bytes:
+        try:
+            vectors = await state.engine.embed(model, inputs[start:stop], dimensions, headers)
+        except EngineError as exc:
+            raise api_error(exc) from None
+        return b",".join(
+            [
+                orjson.dumps({"object": "embedding", "index": i, "embedding": _encode(v, encoding)})
+                for i, v in enumerate(vectors, start)
+            ]
+        )
+
+    step = max(1, _SLICE_FLOATS // size)
+    first = await embed(0, step)  # engine errors are still a JSON error response here
+    tail = b'],"model":%b,"usage":%b}' % (
+        orjson.dumps(model), orjson.dumps({"prompt_tokens": tokens, "total_tokens": tokens}),
+    )  # fmt: skip
+    if len(inputs) <= step:
+        return Response(b'{"object":"list","data":[' + first + tail)
+
+    async def produce(writer: BodyWriter) -> None:
+        """The rest slice by slice, each only when the client has read enough of the last:
+        neither the loop nor memory holds the whole answer at once."""
+        writer.write(b'{"object":"list","data":[' + first)
+        for start in range(step, len(inputs), step):
+            await writer.drain()
+            if writer.closed:
+                return
+            await asyncio.sleep(0)  # other requests are served between slices
+            writer.write(b"," + await embed(start, start + step))
+        writer.write(tail)
+
+    return StreamResponse(produce, content_type="application/json")
 
 
 def _encode(vector: list[float], encoding: str) -> list[float] | str:

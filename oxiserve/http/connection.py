@@ -38,7 +38,7 @@ from oxiserve.http.checks import (
 )
 from oxiserve.http.messages import AnyResponse, Request, Response, StreamResponse
 from oxiserve.http.router import Match, MethodMismatch
-from oxiserve.http.writer import ChunkedWriter
+from oxiserve.http.writer import PIECE, ChunkedWriter
 
 if TYPE_CHECKING:
     from oxiserve.http.context import ServerContext
@@ -304,13 +304,36 @@ class Connection(asyncio.Protocol):
             response.status, response.content_type, request.request_id,
             content_length=len(body), headers=headers, close=close,
         )  # fmt: skip
-        if request.method == "HEAD":
-            transport.write(head)
-        else:
-            transport.write(head + body)
         self._status = response.status
         self._sent = len(body)
+        if request.method == "HEAD":
+            transport.write(head)
+        elif len(body) <= PIECE:
+            transport.write(head + body)
+        else:  # a large body: out in pieces as the client reads (memory stays bounded)
+            writer = self._new_writer(head, chunked=False)
+            writer.write(body)
+            writer.finish()
+            if writer.queued:
+                self._task = self.ctx.loop.create_task(self._complete(writer, close))
+                return
+            self._writer = None
         self._finish_cycle(close)
+
+    def _new_writer(self, head: bytes, *, chunked: bool) -> ChunkedWriter:
+        assert self.transport is not None
+        self._writer = ChunkedWriter(
+            self.transport, self.ctx.loop, self.ctx.config.stream_coalesce_ms / 1000,
+            paused=self._write_paused, head=head, chunked=chunked, budget=self.ctx.budget,
+        )  # fmt: skip
+        return self._writer
+
+    async def _complete(self, writer: ChunkedWriter, close: bool) -> None:
+        """Finish a response whose last pieces are still queued in ``writer``."""
+        await writer.wait_flushed()
+        self._writer = None
+        if not self.closed:
+            self._finish_cycle(close or self.ctx.closing)
 
     async def _stream(self, response: StreamResponse) -> None:
         transport, request = self.transport, self._request
@@ -327,13 +350,13 @@ class Connection(asyncio.Protocol):
             content_length=None if chunked else -1, headers=headers, close=close,
         )  # fmt: skip
         self._status = response.status
-        writer = self._writer = ChunkedWriter(
-            transport, self.ctx.loop, self.ctx.config.stream_coalesce_ms / 1000,
-            paused=self._write_paused, head=head, chunked=chunked,
-        )  # fmt: skip
+        writer = self._new_writer(head, chunked=chunked)
         try:
             if request.method != "HEAD":
                 await response.producer(writer)
+            if not self.closed:  # the client may have left while we streamed
+                writer.finish(body=request.method != "HEAD")
+                await writer.wait_flushed()
         except Exception:
             # The head may be out: the only honest signal left is a broken body.
             log.exception("stream failed (request %s)", request.request_id)
@@ -342,8 +365,7 @@ class Connection(asyncio.Protocol):
         finally:
             self._writer = None
             self._sent = writer.sent
-        if not self.closed:  # the client may have left while we streamed
-            writer.finish(body=request.method != "HEAD")
+        if not self.closed:
             # Shutdown may have begun while we streamed: then this connection ends here.
             self._finish_cycle(close or not self._keep_alive or self.ctx.closing)
 

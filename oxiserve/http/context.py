@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from oxiserve.config import Config
+from oxiserve.http.budget import WriteBudget
 from oxiserve.http.cors import CorsPolicy
 from oxiserve.http.router import Router
 
@@ -37,6 +38,7 @@ class ServerContext:
         # The answer to OPTIONS *: every method some route takes.
         methods = {method for method, _ in router.routes()} | {"OPTIONS"}
         self.allow_all = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
+        self.budget = WriteBudget(config.max_buffered_bytes, self.buffered_bytes, loop)
         self._ids = itertools.count(1)
         self._id_prefix = "req_" + os.urandom(6).hex()
         self._sweeper: asyncio.TimerHandle | None = None

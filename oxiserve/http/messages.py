@@ -70,6 +70,11 @@ class BodyWriter(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
+    async def drain(self) -> None:
+        """Returns once more may be written without buffering beyond the bounds (or the
+        client has gone); a producer of a large body awaits it between pieces."""
+        ...
+
     def set_flow_listener(
         self, on_pause: Callable[[], None] | None, on_resume: Callable[[], None] | None
     ) -> None: ...
