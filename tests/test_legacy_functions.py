@@ -117,12 +117,24 @@ async def test_function_call_none_and_auto(client: openai.AsyncOpenAI) -> None:
     assert 0 < calls < 40
 
 
+async def test_function_call_none_leaves_tools_alone(client: openai.AsyncOpenAI) -> None:
+    result = await client.chat.completions.create(
+        model=MODEL, messages=USER, tools=[{"type": "function", "function": WEATHER}],
+        tool_choice="required", function_call="none",
+    )  # fmt: skip
+    choice = result.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    assert choice.message.function_call is None
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
         ({"functions": [WEATHER], "tools": [{"type": "function", "function": WEATHER}]},
          "functions"),
         ({"function_call": "auto"}, "function_call"),
+        ({"functions": [WEATHER], "tool_choice": "auto"}, "tool_choice"),
         ({"functions": [WEATHER], "function_call": {"name": "nope"}}, "function_call"),
         ({"functions": [WEATHER], "function_call": "required"}, "function_call"),
         ({"functions": ["get_weather"]}, "functions[0]"),

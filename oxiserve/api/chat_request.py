@@ -52,19 +52,14 @@ def parse(body: Any) -> ChatRequest:
     _check_length("messages", raw_messages, MAX_MESSAGES)
     messages = tuple(_message(m, i) for i, m in enumerate(raw_messages))
     tools, functions = _tools(body), _functions(body)
+    if tools and functions:
+        raise InvalidRequest(
+            "Use either 'tools' or the deprecated 'functions', not both.", param="functions"
+        )
+    tool_choice, forced_tool = _tool_choice(body, tools)
+    function_call = _function_call(body, functions)  # checked even without functions
     if functions:
-        if tools:
-            raise InvalidRequest(
-                "Use either 'tools' or the deprecated 'functions', not both.", param="functions"
-            )
-        tool_choice, forced_tool = _function_call(body, functions)
-    else:
-        tool_choice, forced_tool = _tool_choice(body, tools)
-        if body.get("function_call") not in (None, "none"):
-            raise InvalidRequest(
-                "'function_call' is only allowed when 'functions' are specified.",
-                param="function_call",
-            )
+        tool_choice, forced_tool = function_call
     fmt = _response_format(body, messages)
     prompt = render_prompt(messages)
     return ChatRequest(
@@ -220,8 +215,15 @@ def _function_call(
     """(mode, forced function name) from the deprecated ``function_call``: "none", "auto" or
     ``{"name": ...}`` (there is no "required": naming the function is how to force a call)."""
     choice = body.get("function_call")
-    if choice is None or choice in ("none", "auto"):
-        return choice or "auto", None
+    if choice is None:
+        return ("auto" if functions else None), None
+    if not functions and choice != "none":
+        raise InvalidRequest(
+            "'function_call' is only allowed when 'functions' are specified.",
+            param="function_call",
+        )
+    if choice in ("none", "auto"):
+        return choice, None
     if isinstance(choice, dict):
         return "required", _named(choice.get("name"), functions, "function_call", "functions")
     raise InvalidRequest(
