@@ -77,13 +77,13 @@ def completion_object(
     for result in results:
         message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
         finish_reason = result.finish_reason
+        if result.tool_calls:
+            message["content"] = result.text or None
         if result.tool_calls and legacy_functions:
             call = result.tool_calls[0]  # the legacy API makes one call per answer
-            message["content"] = result.text or None
             message["function_call"] = {"name": call.name, "arguments": call.arguments}
             finish_reason = "function_call"
         elif result.tool_calls:
-            message["content"] = result.text or None
             message["tool_calls"] = [tool_call_object(call) for call in result.tool_calls]
         choices.append(
             {
