@@ -21,7 +21,8 @@ from tests.conftest import running
 from tests.test_chat import MODEL, USER, raw_post, sse_data
 
 # Every shape pydantic models use: $defs/$ref, enums, nullable anyOf, lists, nested objects,
-# numeric and string bounds; strict: every property required, no other allowed.
+# numeric and string bounds; strict: every property required, no other allowed, so
+# validating against it checks that each property is there and no other is.
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -82,12 +83,6 @@ async def client(server: Server) -> AsyncIterator[openai.AsyncOpenAI]:
     await sdk.close()
 
 
-def every_object_is_exact(value: Any, schema: dict[str, Any]) -> None:
-    """With the strict schema's every object closed and fully required, jsonschema checks
-    that each property is present and no other is."""
-    jsonschema.validate(value, schema)
-
-
 # --- json_schema --------------------------------------------------------------------------------
 
 
@@ -101,7 +96,7 @@ async def test_json_schema_answer_is_valid_non_stream_and_stream(
         choice = result.choices[0]
         assert choice.finish_reason == "stop"
         assert choice.message.content is not None
-        every_object_is_exact(json.loads(choice.message.content), SCHEMA)
+        jsonschema.validate(json.loads(choice.message.content), SCHEMA)
         stream = await client.chat.completions.create(
             model=MODEL, messages=USER, response_format=JSON_SCHEMA_FORMAT, seed=seed,
             stream=True, stream_options={"include_usage": True},
@@ -138,7 +133,7 @@ async def test_parse_helper_returns_a_validated_strict_model(client: openai.Asyn
         message = result.choices[0].message
         assert isinstance(message.parsed, City)
         assert message.content is not None
-        every_object_is_exact(json.loads(message.content), strict)
+        jsonschema.validate(json.loads(message.content), strict)  # closed, all required
 
 
 async def test_stream_helper_returns_a_validated_model(client: openai.AsyncOpenAI) -> None:
@@ -151,6 +146,27 @@ async def test_stream_helper_returns_a_validated_model(client: openai.AsyncOpenA
     assert isinstance(parsed, City)
     assert len(deltas) > 1
     assert "".join(deltas) == final.choices[0].message.content
+
+
+class Weather(BaseModel):
+    city: str
+    days: int = Field(ge=1, le=7)
+
+
+async def test_strict_tools_still_parse_with_both_helpers(client: openai.AsyncOpenAI) -> None:
+    tools = [openai.pydantic_function_tool(Weather)]
+    result = await client.chat.completions.parse(
+        model=MODEL, messages=USER, tools=tools, tool_choice="required"
+    )
+    assert result.choices[0].finish_reason == "tool_calls"
+    [call] = result.choices[0].message.tool_calls or []
+    assert isinstance(call.function.parsed_arguments, Weather)
+    async with client.chat.completions.stream(
+        model=MODEL, messages=USER, tools=tools, tool_choice="required"
+    ) as stream:
+        final = await stream.get_final_completion()
+    [streamed] = final.choices[0].message.tool_calls or []
+    assert streamed.function.parsed_arguments == call.function.parsed_arguments
 
 
 async def test_json_cut_by_max_tokens_is_length(client: openai.AsyncOpenAI) -> None:

@@ -1,8 +1,9 @@
 """The simulator engine: deterministic, model-free token streams for tests and load tests.
 
-Everything a request gets (text, logprobs, failures, tool calls) comes from a
-``random.Random`` seeded with a stable hash of the simulator seed and the
-request, so the same request always gets the same answer.  A generation is
+Everything a request gets (text or structured JSON, logprobs, failures, tool
+calls) comes from a ``random.Random`` seeded with the simulator seed, the
+request's digest (hashed once per API request, not per choice) and the choice
+index, so the same request always gets the same answer.  A generation is
 planned when it is created (:func:`_plan`) and played back by :class:`SimStream`.
 
 At zero latency each token costs exactly one event-loop iteration (a bare
