@@ -171,8 +171,8 @@ async def test_fixed_mode_says_the_fixed_text() -> None:
 
 async def test_the_servers_limit_cuts_an_echo_with_length() -> None:
     sim = engine(sim_mode="echo", max_tokens_limit=3)
-    stream = sim.generate(request(prompt="one two three four"))
-    assert await collect(stream) == ["one", " two", " three"]
+    stream = sim.generate(request(prompt="one two three four five"))
+    assert await collect(stream) == split_pieces("one two three four five")[:3]
     assert stream.finish_reason == "length"
 
 
