@@ -172,3 +172,41 @@ async def test_embedding_inputs_beyond_openais_limits_are_400(
     assert error["param"] == "input"
     if code is not None:
         assert error["code"] == code
+
+
+async def test_echo_counts_the_prompts_it_repeats_in_the_budget() -> None:
+    async with running(max_tokens_limit=4096) as server:
+        client = await RawClient.connect(server)
+        big = {"model": MODEL, "prompt": "word " * 1000, "echo": True, "n": 8, "stream": True}
+        await client.send(_post("/v1/completions", big))
+        status, _, body = await client.read_response()
+        assert status == 400
+        assert orjson.loads(body)["error"]["param"] == "echo"
+        small = {**big, "n": 2, "stream": False, "max_tokens": 1}
+        await client.send(_post("/v1/completions", small))
+        status, _, body = await client.read_response()
+        assert status == 200
+        assert all(c["text"].startswith("word word") for c in orjson.loads(body)["choices"])
+        await client.close()
+
+
+async def test_several_prompts_each_count_once_in_usage() -> None:
+    async with running() as server:
+        client = await RawClient.connect(server)
+        one = {"model": MODEL, "prompt": "alpha beta gamma", "max_tokens": 2, "n": 3}
+        await client.send(_post("/v1/completions", one))
+        _, _, body = await client.read_response()
+        single = orjson.loads(body)["usage"]["prompt_tokens"]
+        both = {**one, "prompt": ["alpha beta gamma", "alpha beta gamma"]}
+        for stream in (False, True):
+            extra = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+            await client.send(_post("/v1/completions", {**both, **extra}))
+            _, _, body = await client.read_response()
+            if stream:
+                frames = [f for f in body.split(b"\n\n") if f.startswith(b"data: {")]
+                usage = orjson.loads(frames[-1][6:])["usage"]
+            else:
+                usage = orjson.loads(body)["usage"]
+            assert usage["prompt_tokens"] == 2 * single  # two prompts, not one, not six
+            assert usage["completion_tokens"] == 2 * 3 * 2
+        await client.close()

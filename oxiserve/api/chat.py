@@ -104,7 +104,7 @@ def completion_object(
         "model": model,
         "system_fingerprint": FINGERPRINT,
         "choices": choices,
-        "usage": usage_object(total_usage(results)),
+        "usage": usage_object(total_usage(results, sampling.n)),
     }
 
 

@@ -78,6 +78,8 @@ async def create_completion(state: AppState, request: Request) -> Response | Str
     completion_id = "cmpl-" + os.urandom(12).hex()
     created = int(time.time())
     echoes = {r.choice_index: r.prompt for r in requests} if echo else {}
+    if echo:
+        check_echo_budget(requests, state.config.max_tokens_limit)
     if not sampling.stream:
         results = await collect(state.engine, requests, sampling.stop)
         for result in results:
@@ -85,6 +87,19 @@ async def create_completion(state: AppState, request: Request) -> Response | Str
         return json_response(completion_object(completion_id, created, model, results, sampling))
     encoder = CompletionChunkEncoder(completion_id, created, model, echoes)
     return await start_stream(state.engine, requests, encoder, sampling, state.config)
+
+
+def check_echo_budget(requests: Sequence[GenerationRequest], limit: int) -> None:
+    """``echo`` repeats each prompt in each of its choices: that output counts too, or a
+    10 MB prompt with ``n: 8`` would make 80 MB of frames for one small request."""
+    echoed = sum(r.prompt_tokens or 0 for r in requests)
+    if echoed > limit:
+        raise InvalidRequest(
+            f"With 'echo' this request repeats {echoed} prompt tokens (prompts x n), more "
+            f"than this server's limit of {limit}; send a shorter prompt or lower n.",
+            param="echo",
+            code="invalid_value",
+        )
 
 
 def completion_object(
@@ -109,7 +124,7 @@ def completion_object(
             }
             for r in results
         ],
-        "usage": usage_object(total_usage(results)),
+        "usage": usage_object(total_usage(results, sampling.n)),
     }
 
 

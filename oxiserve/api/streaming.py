@@ -83,8 +83,10 @@ def api_error(exc: EngineError) -> APIError:
     )
 
 
-def total_usage(results: Sequence[ChoiceResult]) -> Usage:
-    prompt = results[0].usage.prompt_tokens if results else 0
+def total_usage(results: Sequence[ChoiceResult], per_prompt: int = 1) -> Usage:
+    """The request's usage: each prompt counted once (``per_prompt`` choices share one, in
+    order), every choice's completion."""
+    prompt = sum(r.usage.prompt_tokens for r in results[::per_prompt])
     return Usage(prompt, sum(r.usage.completion_tokens for r in results))
 
 
@@ -186,7 +188,9 @@ class StreamJob:
         include_usage: bool,
         capacity: int,
         done_frame: bytes = sse.DONE,
+        per_prompt: int = 1,
     ) -> None:
+        self._per_prompt = per_prompt
         logprobs = any(r.logprobs for r in requests)
         # Frames carrying logprobs can't be rebuilt from text alone: keep what recovery needs.
         self._logprobs = _LogprobIndex(encoder) if logprobs else None
@@ -241,7 +245,7 @@ class StreamJob:
                     tasks = [group.create_task(self._choice(r)) for r in self._requests]
                 self.results = [t.result() for t in tasks]
             if self._include_usage:
-                topic.publish(encoder.usage(total_usage(self.results)))
+                topic.publish(encoder.usage(total_usage(self.results, self._per_prompt)))
             topic.close(self._done_frame)
         except asyncio.CancelledError:
             topic.close()
@@ -328,7 +332,7 @@ async def start_stream(
     job = StreamJob(
         engine, requests, encoder,
         stops=sampling.stop, include_usage=sampling.include_usage,
-        capacity=config.stream_buffer,
+        capacity=config.stream_buffer, per_prompt=sampling.n,
     )  # fmt: skip
     try:
         await job.wait_started(config.sse_keepalive)
