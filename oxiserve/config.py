@@ -81,9 +81,7 @@ class Config:
 
     # Simulator engine
     sim_mode: SimMode = _opt("lorem", "simulated output", choices=("echo", "lorem", "fixed"))
-    sim_fixed_text: str = _opt(
-        "Hello! This is oxiserve's simulated answer.", "text of --sim-mode fixed"
-    )
+    sim_fixed_text: str = _opt("Hello! This is a simulated answer.", "text of --sim-mode fixed")
     sim_output_len: int = _opt(0, "cap on simulated output tokens (0: no cap)")
     sim_default_max_tokens: int = _opt(16, "tokens produced when a request sets no max_tokens")
     sim_ttft_ms: float = _opt(0.0, "simulated time to first token (ms)")

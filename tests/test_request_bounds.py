@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oxiserve import Server
 from oxiserve.api import sampling
@@ -79,3 +81,51 @@ async def test_seeded_choices_differ_and_repeat_exactly(server: Server) -> None:
     assert len(set(first)) == 4
     assert await contents({}) == first
     assert await contents({"seed": 12}) != first
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain words and more words " * 30_000,
+        "x" * 700_000,  # no space to cut before: cut anywhere, still counted
+        ("def f(x):\n    return x  # comment\n" * 20_000),
+        "  spaced   out\t\ttext \n" * 40_000,
+    ],
+)
+async def test_long_prompts_are_counted_in_slices_with_the_loop_free_between(text: str) -> None:
+    import asyncio
+
+    ticks = 0
+    done = False
+
+    async def other_request() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_request())
+    await asyncio.sleep(0)
+    try:
+        counted = await sampling.count_prompt_tokens(sim_text.count_tokens, text)
+    finally:
+        done = True
+        await other
+    slices = len(text) // (256 * 1024)
+    assert ticks >= slices  # the other task ran between slices
+    if " " in text:
+        assert counted == sim_text.count_tokens(text)
+    else:
+        assert abs(counted - sim_text.count_tokens(text)) <= slices
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab cd\n\t.,!Zé1😀")), max_size=600),
+       st.integers(min_value=0, max_value=40))  # fmt: skip
+def test_echo_splits_only_the_start_it_needs(text: str, wanted: int) -> None:
+    from oxiserve.engine.sim import _leading_pieces
+
+    whole = sim_text.split_pieces(text)
+    lead = _leading_pieces(text, wanted)
+    assert lead == whole[: len(lead)]
+    assert len(lead) >= min(len(whole), wanted + 1)

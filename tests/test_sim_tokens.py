@@ -374,18 +374,13 @@ async def test_fixed_answers_count_like_cl100k(client_for: ClientFor) -> None:
         check_answer(answer, 0.10)
 
 
-async def test_the_default_fixed_text_differs_by_the_made_up_word_only(
-    client_for: ClientFor,
-) -> None:
-    """cl100k does not know "oxiserve" (3 tokens where the simulator says 1: 11 against 9);
-    every other piece of the default fixed text is one of its tokens."""
+async def test_the_default_fixed_text_counts_like_cl100k(client_for: ClientFor) -> None:
+    # Plain words on purpose: no length rule can know how cl100k splits a made-up word.
     default = Config().sim_fixed_text
     async with running(sim_mode="fixed") as server:
         answer = await ask(client_for(server), "Hi")
     assert answer.text == default
-    check_answer(answer, 0.25)
-    unknown = (cl100k(" oxiserve") - 1) * default.count(" oxiserve")
-    assert cl100k(answer.text) - answer.usage == unknown
+    check_answer(answer, 0.10)
 
 
 async def test_prompt_tokens_count_like_cl100k(client_for: ClientFor) -> None:

@@ -40,7 +40,7 @@ async def create_chat_completion(state: AppState, request: Request) -> Response 
     check_budget(sampling, 1, state.config.max_tokens_limit)
     model = state.model(chat.model).id
     headers = engine_headers(request)
-    requests = generation_requests(
+    requests = await generation_requests(
         sampling,
         headers,
         state.engine.count_tokens,

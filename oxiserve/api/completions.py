@@ -71,7 +71,7 @@ async def create_completion(state: AppState, request: Request) -> Response | Str
     headers = engine_headers(request)
     requests: list[GenerationRequest] = []
     for p, prompt in enumerate(prompts):
-        requests += generation_requests(
+        requests += await generation_requests(
             sampling, headers, state.engine.count_tokens,
             model=model, prompt=prompt, first_index=p * sampling.n,
         )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -87,7 +88,30 @@ def check_budget(sampling: SamplingParams, prompts: int, limit: int) -> None:
         )
 
 
-def generation_requests(
+_COUNT_SLICE = 256 * 1024  # characters of a prompt counted at a time (a few ms)
+
+
+async def count_prompt_tokens(count_tokens: Callable[[str], int], text: str) -> int:
+    """``count_tokens(text)``, a long text a slice at a time with other requests served in
+    between: counting a 10 MB prompt is most of a second of work.
+
+    Slices are cut before a space where one is near (a token carries the space before it),
+    so the sum is the count of the whole text.
+    """
+    if len(text) <= _COUNT_SLICE:
+        return count_tokens(text)
+    total = start = 0
+    while start < len(text):
+        stop = start + _COUNT_SLICE
+        space = text.find(" ", stop, stop + 4096)
+        stop = space if space > 0 else stop
+        total += count_tokens(text[start:stop])
+        start = stop
+        await asyncio.sleep(0)
+    return total
+
+
+async def generation_requests(
     sampling: SamplingParams,
     headers: Mapping[str, str],
     count_tokens: Callable[[str], int],
@@ -114,7 +138,8 @@ def generation_requests(
         headers=headers,
         **extra,
     )
-    first = replace(first, digest=request_digest(first), prompt_tokens=count_tokens(prompt))
+    tokens = await count_prompt_tokens(count_tokens, prompt)
+    first = replace(first, digest=request_digest(first), prompt_tokens=tokens)
     return [first] + [replace(first, choice_index=first_index + i) for i in range(1, sampling.n)]
 
 

@@ -164,8 +164,21 @@ def _answer(config: Config, request: GenerationRequest, rng: Random) -> _Answer:
     else:
         users = [m.content for m in request.messages if m.role == "user"]
         text = users[-1] if users else request.prompt
-    pieces = sim_text.split_pieces(text)
+    pieces = _leading_pieces(text, hard if cap is None else min(cap, hard))
     return _cut(pieces[:cap] if cap is not None else pieces, hard)
+
+
+def _leading_pieces(text: str, wanted: int) -> list[str]:
+    """The first ``wanted`` + 1 pieces of ``text`` (enough to tell that it is longer than
+    ``wanted``), or all of them: echoing the start of a 10 MB prompt splits only its start."""
+    window = (wanted + 4) * 16
+    if len(text) > window:
+        # Cutting the text can change only the last pieces of the window (a word or a run
+        # of spaces cut in two): those are not used.
+        pieces = sim_text.split_pieces(text[:window])
+        if len(pieces) > wanted + 3:
+            return pieces[: wanted + 1]
+    return sim_text.split_pieces(text)
 
 
 def _cut(pieces: list[str], hard: int) -> _Answer:
@@ -470,7 +483,7 @@ class SimEngine:
         return SimStream(self, _plan(self.config, request), request)
 
     def count_tokens(self, text: str) -> int:
-        """Words, at least 1 for non-empty text (see :mod:`oxiserve.engine.sim_text`)."""
+        """Tokens as a cl100k-like BPE would count them (see :mod:`oxiserve.engine.sim_text`)."""
         return sim_text.count_tokens(text)
 
     async def embed(
