@@ -46,9 +46,10 @@ class ServerSpec:
 
 OXISERVE = ServerSpec(
     "oxiserve",
+    "oxiserve (asyncio loop)",
     "oxiserve",
-    "oxiserve",
-    ("--log-level", "warning", "--no-access-log", "--sim-mode", "lorem"),
+    # The asyncio loop, as aiohttp and the raw peer run on (--loop auto would pick uvloop).
+    ("--log-level", "warning", "--no-access-log", "--sim-mode", "lorem", "--loop", "asyncio"),
     peer=False,
 )
 PEERS = (

@@ -23,7 +23,8 @@ ENDPOINT_NOTES = {
     "/v1/models": "models in OpenAI's list shape",
     "/v1/models/{model}": "one model; 404 `model_not_found` if unknown",
     "/v1/chat/completions": "chat completions; `stream`, `stream_options.include_usage`, `n`, "
-    "`stop`, `tools`/`tool_choice`, `logprobs`, `response_format`, `seed`",
+    "`stop`, `tools`/`tool_choice` (and legacy `functions`/`function_call`), `logprobs`, "
+    "`response_format` (`json_schema`, `strict`, `json_object`), `seed`",
     "/v1/completions": "legacy text completions; `stream`, `echo`, `logprobs`, prompt lists",
     "/v1/embeddings": "strings or token-id arrays; `encoding_format` float/base64, `dimensions`",
 }
