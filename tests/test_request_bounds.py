@@ -123,9 +123,9 @@ async def test_long_prompts_are_counted_in_slices_with_the_loop_free_between(tex
 @given(st.text(alphabet=st.sampled_from(list("ab cd\n\t.,!Zé1😀")), max_size=600),
        st.integers(min_value=0, max_value=40))  # fmt: skip
 def test_echo_splits_only_the_start_it_needs(text: str, wanted: int) -> None:
-    from oxiserve.engine.sim import _leading_pieces
+    from oxiserve.engine.sim_plan import leading_pieces
 
     whole = sim_text.split_pieces(text)
-    lead = _leading_pieces(text, wanted)
+    lead = leading_pieces(text, wanted)
     assert lead == whole[: len(lead)]
     assert len(lead) >= min(len(whole), wanted + 1)

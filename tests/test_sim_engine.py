@@ -26,7 +26,8 @@ from oxiserve.engine.base import (
     request_digest,
 )
 from oxiserve.engine.sim import MODEL_CREATED, SimEngine, SimStream
-from oxiserve.engine.sim_text import count_tokens, sample_json, split_pieces
+from oxiserve.engine.sim_json import sample_json
+from oxiserve.engine.sim_text import count_tokens, split_pieces
 
 TIMEOUT = 5.0
 # A timer may fire up to one clock tick before its deadline (asyncio's _run_once).

@@ -25,7 +25,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from oxiserve import Server
 from oxiserve.config import Config
-from oxiserve.engine import sim_text, sim_vocab
+from oxiserve.engine import sim_json, sim_text, sim_vocab
 from oxiserve.engine.sim_text import count_tokens, lorem_pieces, split_pieces
 from scripts.lorem_tokens import VOCAB, render
 from tests.conftest import running
@@ -165,7 +165,7 @@ CITY = {
 
 def test_simulated_json_counts_like_cl100k() -> None:
     """Tool arguments and structured output are JSON of lorem words."""
-    texts = [json.dumps(sim_text.sample_json(CITY, Random(seed))) for seed in range(30)]
+    texts = [json.dumps(sim_json.sample_json(CITY, Random(seed))) for seed in range(30)]
     for text in texts:
         assert_close(cl100k(text), count_tokens(text), 0.10, text)
     total = sum(count_tokens(text) for text in texts)

@@ -136,6 +136,26 @@ async def test_parse_helper_returns_a_validated_strict_model(client: openai.Asyn
         jsonschema.validate(json.loads(message.content), strict)  # closed, all required
 
 
+class TreeNode(BaseModel):
+    label: str
+    children: list[TreeNode]
+    next: TreeNode | None  # strict: required, so only null can end the recursion
+
+
+async def test_a_recursive_strict_model_ends_its_recursion_with_null(
+    client: openai.AsyncOpenAI,
+) -> None:
+    strict = to_strict_json_schema(TreeNode)
+    for seed in range(5):
+        result = await client.chat.completions.parse(
+            model=MODEL, messages=USER, response_format=TreeNode, seed=seed
+        )
+        message = result.choices[0].message
+        assert isinstance(message.parsed, TreeNode)
+        assert message.content is not None
+        jsonschema.validate(json.loads(message.content), strict)
+
+
 async def test_stream_helper_returns_a_validated_model(client: openai.AsyncOpenAI) -> None:
     async with client.chat.completions.stream(
         model=MODEL, messages=USER, response_format=City

@@ -4,7 +4,8 @@ Everything a request gets (text or structured JSON, logprobs, failures, tool
 calls) comes from a ``random.Random`` seeded with the simulator seed, the
 request's digest (hashed once per API request, not per choice) and the choice
 index, so the same request always gets the same answer.  A generation is
-planned when it is created (:func:`_plan`) and played back by :class:`SimStream`.
+planned when it is created (:mod:`oxiserve.engine.sim_plan`) and played back by
+:class:`SimStream`.
 
 At zero latency each token costs exactly one event-loop iteration (a bare
 ``yield`` to the task, as ``asyncio.sleep(0)`` does) and little else: tokens
@@ -17,12 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import math
 import struct
 import types
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass
 from enum import Enum
 from random import Random
 from typing import Any
@@ -30,222 +29,21 @@ from typing import Any
 import orjson
 
 from oxiserve.config import Config
-from oxiserve.engine import sim_text
+from oxiserve.engine import sim_json, sim_text
 from oxiserve.engine.base import (
     EngineError,
     FinishReason,
     GenerationRequest,
     ModelInfo,
-    ResponseFormat,
     TokenLogprob,
     ToolCall,
     ToolSpec,
     Usage,
-    request_digest,
 )
+from oxiserve.engine.sim_plan import Plan, header_failure, make_plan
 
 CHUNK = 256  # tokens made at a time
 MODEL_CREATED = 1_735_689_600  # 2025-01-01T00:00:00Z: fixed, so /v1/models is reproducible
-_NO_FAILURE = -1
-# json_object with no schema to follow: any object will do; this one reads like an answer.
-_ANY_OBJECT: Mapping[str, Any] = {
-    "type": "object",
-    "properties": {"answer": {"type": "string"}},
-    "required": ["answer"],
-    "additionalProperties": False,
-}
-_Answer = tuple[list[str] | None, int, bool]  # pieces (None: lorem), count, complete
-
-
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    """An error the plan says a generation runs into."""
-
-    message: str
-    status: int = 500
-    code: str = "engine_error"
-    retry_after: float | None = None
-
-    def error(self) -> EngineError:
-        return EngineError(
-            self.message, status=self.status, code=self.code, retry_after=self.retry_after
-        )
-
-
-_KIND_FAILURES = {
-    "before_first_token": _Failure("simulated engine failure before the first token"),
-    "mid_stream": _Failure("simulated engine failure in the middle of the stream"),
-    "429": _Failure("simulated rate limit", 429, "rate_limit_exceeded", 1.0),
-    "503": _Failure("simulated overload", 503, "engine_overloaded", 1.0),
-}
-_STATUS_CODES = {429: "rate_limit_exceeded", 503: "engine_overloaded"}
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """What one generation will do; ``fail_at`` tokens are produced before ``failure``."""
-
-    rng: Random
-    seed: int
-    count: int  # text tokens to produce
-    reason: FinishReason  # finish reason once they are produced
-    pieces: list[str] | None  # echo/fixed text or JSON; None means lorem
-    tool: ToolSpec | None
-    fail_at: int
-    failure: _Failure | None
-    ttft: float  # seconds
-
-
-def _request_seed(config: Config, request: GenerationRequest) -> int:
-    """The request's digest (computed once for all its choices) mixed with the simulator's
-    seed and the choice index: n choices differ, the same request repeats exactly."""
-    digest = request.digest or request_digest(request)
-    material = b"%d:%d:" % (config.sim_seed, request.choice_index) + digest
-    return int.from_bytes(hashlib.blake2b(material, digest_size=16).digest(), "little")
-
-
-def _header_failure(headers: Mapping[str, str], count: int) -> tuple[_Failure, int] | None:
-    """The failure ``x-sim-error: <status>`` (and ``x-sim-error-at: <n>``) ask for."""
-    status_text, at_text = headers.get("x-sim-error"), headers.get("x-sim-error-at")
-    if status_text is None and at_text is None:
-        return None
-    status = 500 if status_text is None else _header_int("x-sim-error", status_text)
-    if not 400 <= status <= 599:
-        raise ValueError(f"x-sim-error must be an HTTP status in 400..599, got {status_text!r}")
-    at = 0 if at_text is None else min(_header_int("x-sim-error-at", at_text), count)
-    retry_after = 1.0 if status in (429, 503) else None
-    code = _STATUS_CODES.get(status, "engine_error")
-    return _Failure(f"simulated error {status} (x-sim-error)", status, code, retry_after), at
-
-
-def _header_int(name: str, text: str) -> int:
-    digits = text.strip()
-    if not (digits.isascii() and digits.isdigit()) or len(digits) > 9:
-        raise ValueError(f"{name} must be a non-negative integer, got {text[:20]!r}")
-    return int(digits)
-
-
-def _pick_tool(request: GenerationRequest, roll: float, rng: Random) -> ToolSpec | None:
-    """The tool the request makes the simulator call, if any."""
-    choice = request.tool_choice
-    if request.tools and request.forced_tool is not None:
-        for tool in request.tools:
-            if tool.name == request.forced_tool:
-                return tool
-        raise LookupError(f"tool_choice names {request.forced_tool!r}, not one of the tools")
-    if not request.tools or choice in (None, "none") or (choice == "auto" and roll >= 0.5):
-        return None
-    return rng.choice(request.tools)
-
-
-def _answer(config: Config, request: GenerationRequest, rng: Random) -> _Answer:
-    """What to say: an instance of the response format's schema when the request asks for
-    structured output (whatever the mode), else the mode's text.
-
-    The answer's own length is the simulator's choice (the text or JSON, ``sim_output_len``,
-    or ``sim_default_max_tokens`` of lorem when the client sets no limit): reaching it is a
-    complete answer, "stop".  Only the client's ``max_tokens`` or the server's
-    ``max_tokens_limit`` cut an answer short ("length").  Lorem without a length of its own
-    fills the client's limit, so load tests set output length per request.
-    """
-    hard = config.max_tokens_limit if request.max_tokens is None else request.max_tokens
-    pieces = _json_pieces(request.response_format, rng)
-    if pieces is not None:  # sim_output_len does not cut JSON: a client could not parse it
-        return _cut(pieces, hard)
-    cap = config.sim_output_len or None
-    if config.sim_mode == "lorem":
-        default = config.sim_default_max_tokens
-        natural = cap if request.max_tokens is not None else min(default, cap or default)
-        if natural is None or natural > hard:
-            return None, max(0, hard), False
-        return None, natural, True
-    if config.sim_mode == "fixed":
-        text = config.sim_fixed_text
-    else:
-        users = [m.content for m in request.messages if m.role == "user"]
-        text = users[-1] if users else request.prompt
-    pieces = _leading_pieces(text, hard if cap is None else min(cap, hard))
-    return _cut(pieces[:cap] if cap is not None else pieces, hard)
-
-
-def _leading_pieces(text: str, wanted: int) -> list[str]:
-    """The first ``wanted`` + 1 pieces of ``text`` (enough to tell that it is longer than
-    ``wanted``), or all of them: echoing the start of a 10 MB prompt splits only its start."""
-    window = (wanted + 4) * 16
-    if len(text) > window:
-        # Cutting the text can change only the last pieces of the window (a word or a run
-        # of spaces cut in two): those are not used.
-        pieces = sim_text.split_pieces(text[:window])
-        if len(pieces) > wanted + 3:
-            return pieces[: wanted + 1]
-    return sim_text.split_pieces(text)
-
-
-def _cut(pieces: list[str], hard: int) -> _Answer:
-    if len(pieces) > hard:
-        return pieces, max(0, hard), False
-    return pieces, len(pieces), True
-
-
-class _FormatError(ValueError):
-    """The client's response_format schema has no instance the simulator can make."""
-
-
-def _json_pieces(fmt: ResponseFormat | None, rng: Random) -> list[str] | None:
-    """The JSON answer ``fmt`` asks for, as tokens; None: answer free text.
-
-    A schema found in the prompt is only a hint: when it has no instance the answer is
-    what the kind allows (any object, or free text).  The client's own schema must work.
-    """
-    if fmt is None or (fmt.kind == "text" and fmt.schema is None):
-        return None
-    try:
-        value = sim_text.sample_json(_ANY_OBJECT if fmt.schema is None else fmt.schema, rng)
-        if fmt.kind == "json_object" and not isinstance(value, dict):
-            raise ValueError("the schema's instances are not JSON objects")
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
-        if not fmt.from_prompt:
-            raise _FormatError(
-                f"The simulator cannot generate an instance of the schema of response_format "
-                f"'{fmt.name}': {exc}"
-            ) from None
-        if fmt.kind == "text":
-            return None
-        text = json.dumps(sim_text.sample_json(_ANY_OBJECT, rng))
-    return sim_text.split_pieces(text)
-
-
-def _plan(config: Config, request: GenerationRequest) -> _Plan:
-    seed = _request_seed(config, request)
-    rng = Random(seed)
-    # Always drawn, in this order, so turning a knob changes nothing else about the answer.
-    fail_roll, tool_roll, ttft_roll = rng.random(), rng.random(), rng.random()
-    failure: _Failure | None = None
-    fail_at = _NO_FAILURE
-    pieces, count, complete = None, 0, True
-    try:
-        tool = _pick_tool(request, tool_roll, rng)
-        if tool is None:
-            pieces, count, complete = _answer(config, request, rng)
-    except LookupError as exc:
-        tool, failure, fail_at = None, _Failure(str(exc), 400, "invalid_tool_choice"), 0
-    except _FormatError as exc:
-        failure, fail_at = _Failure(str(exc), 400, "invalid_response_format"), 0
-    reason: FinishReason = "tool_calls" if tool else "stop" if complete else "length"
-    if failure is None:
-        try:
-            forced = _header_failure(request.headers, count) if request.headers else None
-        except ValueError as exc:
-            forced = _Failure(str(exc), 400, "invalid_sim_header"), 0
-        if forced is not None:
-            failure, fail_at = forced
-        elif fail_roll < config.sim_failure_rate:
-            failure = _KIND_FAILURES[config.sim_failure_kind]
-            fail_at = max(1, count // 2) if config.sim_failure_kind == "mid_stream" else 0
-            fail_at = min(fail_at, count)
-    ttft = (config.sim_ttft_ms + ttft_roll * config.sim_ttft_jitter_ms) / 1000.0
-    return _Plan(rng, seed, count, reason, pieces, tool, fail_at, failure, ttft)
 
 
 class _State(Enum):
@@ -291,7 +89,7 @@ class SimStream:
         "usage",
     )
 
-    def __init__(self, engine: SimEngine, plan: _Plan, request: GenerationRequest) -> None:
+    def __init__(self, engine: SimEngine, plan: Plan, request: GenerationRequest) -> None:
         self._engine = engine
         self._plan = plan
         self._state = _State.NEW
@@ -407,7 +205,7 @@ class SimStream:
     def _call_tool(self, tool: ToolSpec) -> None:
         rng = self._plan.rng
         try:
-            arguments = orjson.dumps(sim_text.sample_json(tool.parameters, rng)).decode()
+            arguments = orjson.dumps(sim_json.sample_json(tool.parameters, rng)).decode()
         except (ValueError, TypeError, ArithmeticError, RecursionError, orjson.JSONEncodeError):
             self._stop(None)
             raise EngineError(
@@ -480,7 +278,7 @@ class SimEngine:
         return self._models
 
     def generate(self, request: GenerationRequest) -> SimStream:
-        return SimStream(self, _plan(self.config, request), request)
+        return SimStream(self, make_plan(self.config, request), request)
 
     def count_tokens(self, text: str) -> int:
         """Tokens as a cl100k-like BPE would count them (see :mod:`oxiserve.engine.sim_text`)."""
@@ -498,7 +296,7 @@ class SimEngine:
         ``x-sim-error: <status>`` in ``headers`` fails the request with that status."""
         if headers:
             try:
-                forced = _header_failure(headers, 0)
+                forced = header_failure(headers, 0)
             except ValueError as exc:
                 raise EngineError(str(exc), status=400, code="invalid_sim_header") from None
             if forced is not None:

@@ -1,0 +1,226 @@
+"""How one simulated generation will go, decided when it is created: text or JSON, length,
+finish reason, tool call, failure and first-token time, all from one seeded ``Random``.
+
+:class:`~oxiserve.engine.sim.SimStream` plays a :class:`Plan` back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from random import Random
+from typing import Any
+
+from oxiserve.config import Config
+from oxiserve.engine import sim_json, sim_text
+from oxiserve.engine.base import (
+    EngineError,
+    FinishReason,
+    GenerationRequest,
+    ResponseFormat,
+    ToolSpec,
+    request_digest,
+)
+
+_NO_FAILURE = -1
+# json_object with no schema to follow: any object will do; this one reads like an answer.
+_ANY_OBJECT: Mapping[str, Any] = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+_Answer = tuple[list[str] | None, int, bool]  # pieces (None: lorem), count, complete
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An error the plan says a generation runs into."""
+
+    message: str
+    status: int = 500
+    code: str = "engine_error"
+    retry_after: float | None = None
+
+    def error(self) -> EngineError:
+        return EngineError(
+            self.message, status=self.status, code=self.code, retry_after=self.retry_after
+        )
+
+
+_KIND_FAILURES = {
+    "before_first_token": Failure("simulated engine failure before the first token"),
+    "mid_stream": Failure("simulated engine failure in the middle of the stream"),
+    "429": Failure("simulated rate limit", 429, "rate_limit_exceeded", 1.0),
+    "503": Failure("simulated overload", 503, "engine_overloaded", 1.0),
+}
+_STATUS_CODES = {429: "rate_limit_exceeded", 503: "engine_overloaded"}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one generation will do; ``fail_at`` tokens are produced before ``failure``."""
+
+    rng: Random
+    seed: int
+    count: int  # text tokens to produce
+    reason: FinishReason  # finish reason once they are produced
+    pieces: list[str] | None  # echo/fixed text or JSON; None means lorem
+    tool: ToolSpec | None
+    fail_at: int
+    failure: Failure | None
+    ttft: float  # seconds
+
+
+def _request_seed(config: Config, request: GenerationRequest) -> int:
+    """The request's digest (computed once for all its choices) mixed with the simulator's
+    seed and the choice index: n choices differ, the same request repeats exactly."""
+    digest = request.digest or request_digest(request)
+    material = b"%d:%d:" % (config.sim_seed, request.choice_index) + digest
+    return int.from_bytes(hashlib.blake2b(material, digest_size=16).digest(), "little")
+
+
+def header_failure(headers: Mapping[str, str], count: int) -> tuple[Failure, int] | None:
+    """The failure ``x-sim-error: <status>`` (and ``x-sim-error-at: <n>``) ask for."""
+    status_text, at_text = headers.get("x-sim-error"), headers.get("x-sim-error-at")
+    if status_text is None and at_text is None:
+        return None
+    status = 500 if status_text is None else _header_int("x-sim-error", status_text)
+    if not 400 <= status <= 599:
+        raise ValueError(f"x-sim-error must be an HTTP status in 400..599, got {status_text!r}")
+    at = 0 if at_text is None else min(_header_int("x-sim-error-at", at_text), count)
+    retry_after = 1.0 if status in (429, 503) else None
+    code = _STATUS_CODES.get(status, "engine_error")
+    return Failure(f"simulated error {status} (x-sim-error)", status, code, retry_after), at
+
+
+def _header_int(name: str, text: str) -> int:
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 9:
+        raise ValueError(f"{name} must be a non-negative integer, got {text[:20]!r}")
+    return int(digits)
+
+
+def _pick_tool(request: GenerationRequest, roll: float, rng: Random) -> ToolSpec | None:
+    """The tool the request makes the simulator call, if any."""
+    choice = request.tool_choice
+    if request.tools and request.forced_tool is not None:
+        for tool in request.tools:
+            if tool.name == request.forced_tool:
+                return tool
+        raise LookupError(f"tool_choice names {request.forced_tool!r}, not one of the tools")
+    if not request.tools or choice in (None, "none") or (choice == "auto" and roll >= 0.5):
+        return None
+    return rng.choice(request.tools)
+
+
+def _answer(config: Config, request: GenerationRequest, rng: Random) -> _Answer:
+    """What to say: an instance of the response format's schema when the request asks for
+    structured output (whatever the mode), else the mode's text.
+
+    The answer's own length is the simulator's choice (the text or JSON, ``sim_output_len``,
+    or ``sim_default_max_tokens`` of lorem when the client sets no limit): reaching it is a
+    complete answer, "stop".  Only the client's ``max_tokens`` or the server's
+    ``max_tokens_limit`` cut an answer short ("length").  Lorem without a length of its own
+    fills the client's limit, so load tests set output length per request.
+    """
+    hard = config.max_tokens_limit if request.max_tokens is None else request.max_tokens
+    pieces = _json_pieces(request.response_format, rng)
+    if pieces is not None:  # sim_output_len does not cut JSON: a client could not parse it
+        return _cut(pieces, hard)
+    cap = config.sim_output_len or None
+    if config.sim_mode == "lorem":
+        default = config.sim_default_max_tokens
+        natural = cap if request.max_tokens is not None else min(default, cap or default)
+        if natural is None or natural > hard:
+            return None, max(0, hard), False
+        return None, natural, True
+    if config.sim_mode == "fixed":
+        text = config.sim_fixed_text
+    else:
+        users = [m.content for m in request.messages if m.role == "user"]
+        text = users[-1] if users else request.prompt
+    pieces = leading_pieces(text, hard if cap is None else min(cap, hard))
+    return _cut(pieces[:cap] if cap is not None else pieces, hard)
+
+
+def leading_pieces(text: str, wanted: int) -> list[str]:
+    """The first ``wanted`` + 1 pieces of ``text`` (enough to tell that it is longer than
+    ``wanted``), or all of them: echoing the start of a 10 MB prompt splits only its start."""
+    window = (wanted + 4) * 16
+    if len(text) > window:
+        # Cutting the text can change only the last pieces of the window (a word or a run
+        # of spaces cut in two): those are not used.
+        pieces = sim_text.split_pieces(text[:window])
+        if len(pieces) > wanted + 3:
+            return pieces[: wanted + 1]
+    return sim_text.split_pieces(text)
+
+
+def _cut(pieces: list[str], hard: int) -> _Answer:
+    if len(pieces) > hard:
+        return pieces, max(0, hard), False
+    return pieces, len(pieces), True
+
+
+class _FormatError(ValueError):
+    """The client's response_format schema has no instance the simulator can make."""
+
+
+def _json_pieces(fmt: ResponseFormat | None, rng: Random) -> list[str] | None:
+    """The JSON answer ``fmt`` asks for, as tokens; None: answer free text.
+
+    A schema found in the prompt is only a hint: when it has no instance the answer is
+    what the kind allows (any object, or free text).  The client's own schema must work.
+    """
+    if fmt is None or (fmt.kind == "text" and fmt.schema is None):
+        return None
+    try:
+        value = sim_json.sample_json(_ANY_OBJECT if fmt.schema is None else fmt.schema, rng)
+        if fmt.kind == "json_object" and not isinstance(value, dict):
+            raise ValueError("the schema's instances are not JSON objects")
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+        if not fmt.from_prompt:
+            raise _FormatError(
+                f"The simulator cannot generate an instance of the schema of response_format "
+                f"'{fmt.name}': {exc}"
+            ) from None
+        if fmt.kind == "text":
+            return None
+        text = json.dumps(sim_json.sample_json(_ANY_OBJECT, rng))
+    return sim_text.split_pieces(text)
+
+
+def make_plan(config: Config, request: GenerationRequest) -> Plan:
+    seed = _request_seed(config, request)
+    rng = Random(seed)
+    # Always drawn, in this order, so turning a knob changes nothing else about the answer.
+    fail_roll, tool_roll, ttft_roll = rng.random(), rng.random(), rng.random()
+    failure: Failure | None = None
+    fail_at = _NO_FAILURE
+    pieces, count, complete = None, 0, True
+    try:
+        tool = _pick_tool(request, tool_roll, rng)
+        if tool is None:
+            pieces, count, complete = _answer(config, request, rng)
+    except LookupError as exc:
+        tool, failure, fail_at = None, Failure(str(exc), 400, "invalid_tool_choice"), 0
+    except _FormatError as exc:
+        failure, fail_at = Failure(str(exc), 400, "invalid_response_format"), 0
+    reason: FinishReason = "tool_calls" if tool else "stop" if complete else "length"
+    if failure is None:
+        try:
+            forced = header_failure(request.headers, count) if request.headers else None
+        except ValueError as exc:
+            forced = Failure(str(exc), 400, "invalid_sim_header"), 0
+        if forced is not None:
+            failure, fail_at = forced
+        elif fail_roll < config.sim_failure_rate:
+            failure = _KIND_FAILURES[config.sim_failure_kind]
+            fail_at = max(1, count // 2) if config.sim_failure_kind == "mid_stream" else 0
+            fail_at = min(fail_at, count)
+    ttft = (config.sim_ttft_ms + ttft_roll * config.sim_ttft_jitter_ms) / 1000.0
+    return Plan(rng, seed, count, reason, pieces, tool, fail_at, failure, ttft)
