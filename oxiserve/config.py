@@ -115,6 +115,8 @@ class Config:
                 problems.append(f"{f.name} must be one of {', '.join(choices)}")
         if self.stream_buffer < 2:
             problems.append("stream_buffer must be at least 2")
+        if 0 < self.max_buffered_bytes < 64 * 1024:
+            problems.append("max_buffered_bytes must be 0 (no bound) or at least 65536 (a piece)")
         if problems:
             raise ValueError("; ".join(problems))
 

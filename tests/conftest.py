@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import openai
 import pytest
 
 from oxiserve import Config, Server
@@ -19,7 +20,7 @@ TIMEOUT = 5.0
 # are not asyncio.Transport subclasses; a server that assumes so breaks on them).
 BOTH_LOOPS_MODULES = frozenset(
     {"test_chat", "test_completions_embeddings", "test_http_connection", "test_http_hardening",
-     "test_loops"}
+     "test_loops", "test_memory_bounds", "test_disconnects", "test_structured_output"}
 )  # fmt: skip
 
 
@@ -52,6 +53,14 @@ async def running(**overrides: Any) -> AsyncIterator[Server]:
 async def server() -> AsyncIterator[Server]:
     async with running() as s:
         yield s
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The official SDK, as users hold it, pointed at the ``server`` fixture (no retries)."""
+    sdk = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="sk-test", max_retries=0)
+    yield sdk
+    await sdk.close()
 
 
 class RawClient:

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import math
 import struct
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -16,13 +15,6 @@ import pytest
 from oxiserve import Server
 from tests.conftest import running
 from tests.test_chat import MODEL, raw_post, sse_data
-
-
-@pytest.fixture
-async def client(server: Server) -> AsyncIterator[openai.AsyncOpenAI]:
-    sdk = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="sk-test", max_retries=0)
-    yield sdk
-    await sdk.close()
 
 
 async def test_completion_non_stream(client: openai.AsyncOpenAI) -> None:

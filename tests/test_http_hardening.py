@@ -147,6 +147,18 @@ async def test_a_valid_request_line_arriving_in_pieces_is_not_judged_early(raw: 
     assert (status, body) == (200, b'{"status":"ok"}')
 
 
+async def test_empty_lines_before_a_request_are_ignored(raw: object) -> None:
+    client = await raw()  # type: ignore[operator]
+    await client.send(b"\r\n\r\n" + GET + b"\r\n" + GET)  # before the first, between two
+    for _ in range(2):
+        status, _, body = await client.read_response()
+        assert (status, body) == (200, b'{"status":"ok"}')
+    await client.send(b"\r\n")  # an empty line alone is no request: nothing is answered
+    await client.send(GET)
+    status, _, _ = await client.read_response()
+    assert status == 200
+
+
 @pytest.mark.parametrize(
     "target", [b"http://example.com/health", b"HTTP://x:80/health", b"https://x/health?a=1"]
 )

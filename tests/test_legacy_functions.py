@@ -4,7 +4,6 @@ them: ``message.function_call`` (no tool_calls) and finish_reason "function_call
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -29,13 +28,6 @@ WEATHER: Any = {
 }
 PING: Any = {"name": "ping"}
 FORCE_WEATHER: Any = {"name": "get_weather"}
-
-
-@pytest.fixture
-async def client(server: Server) -> AsyncIterator[openai.AsyncOpenAI]:
-    sdk = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="sk-test", max_retries=0)
-    yield sdk
-    await sdk.close()
 
 
 async def test_forced_function_call_non_stream(client: openai.AsyncOpenAI) -> None:

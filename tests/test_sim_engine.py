@@ -777,6 +777,63 @@ def test_sample_json_edge_cases() -> None:
     assert conforms(value, typed, typed)
 
 
+def test_refs_keep_the_keywords_beside_them() -> None:
+    import jsonschema
+
+    defs = {
+        "A": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]},
+    }
+    composed = {
+        "$defs": defs,
+        "allOf": [
+            {"$ref": "#/$defs/A"},
+            {"properties": {"y": {"type": "string"}}, "required": ["y"]},
+        ],
+    }
+    beside = {
+        "$defs": defs,
+        "$ref": "#/$defs/A",
+        "properties": {"z": {"type": "boolean"}},
+        "required": ["z"],
+    }
+    for schema, keys in ((composed, {"x", "y"}), (beside, {"x", "z"})):
+        for seed in range(5):
+            value = sample_json(schema, Random(seed))
+            assert keys <= set(value)
+            jsonschema.validate(value, schema)
+
+
+def test_an_allof_of_many_branches_is_merged_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from oxiserve.engine import sim_json
+
+    calls = 0
+    real = sim_json._merge
+
+    def counting(*parts: Mapping[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return real(*parts)
+
+    monkeypatch.setattr(sim_json, "_merge", counting)
+    branches = [
+        {"properties": {f"p{i}": {"type": "integer"}}, "required": [f"p{i}"]} for i in range(2000)
+    ]
+    schema = {"type": "object", "allOf": branches}
+    value = sample_json(schema, Random(0))
+    assert set(value) == {f"p{i}" for i in range(2000)}
+    assert calls == 1  # not once per branch, each copying all before it (quadratic)
+    with pytest.raises(sim_json.SchemaTooLarge):  # more branches than work allowed: refused
+        sample_json({"type": "object", "allOf": branches * 10}, Random(0))
+
+
+def test_a_huge_const_is_refused_before_it_is_encoded() -> None:
+    from oxiserve.engine import sim_json
+
+    with pytest.raises(sim_json.SchemaTooLarge, match="characters"):
+        sample_json({"const": "x " * 200_000}, Random(0))
+    assert sample_json({"const": "small"}, Random(0)) == "small"
+
+
 # --- logprobs ---------------------------------------------------------------------------------
 
 

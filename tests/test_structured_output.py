@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import jsonschema
@@ -74,13 +73,6 @@ class City(BaseModel):
     mayor: str | None = None
     addresses: list[Address]
     capital_of: Address | None
-
-
-@pytest.fixture
-async def client(server: Server) -> AsyncIterator[openai.AsyncOpenAI]:
-    sdk = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="sk-test", max_retries=0)
-    yield sdk
-    await sdk.close()
 
 
 # --- json_schema --------------------------------------------------------------------------------
@@ -261,6 +253,25 @@ async def test_unsatisfiable_schema_is_a_400(server: Server) -> None:
     status, payload = await raw_post(server, "/v1/chat/completions", body)
     assert status == 400
     assert orjson.loads(payload)["error"]["code"] == "invalid_response_format"
+
+
+@pytest.mark.parametrize("n", [1, 8])
+async def test_schemas_that_ask_for_huge_work_are_400_for_answers_and_tools(
+    server: Server, n: int
+) -> None:
+    huge_const = {"type": "object", "properties": {"a": {"const": "x " * 1_000_000}}}
+    many = {"type": "object", "allOf": [{"properties": {f"p{i}": {}}} for i in range(40_000)]}
+    for schema in (huge_const, many):
+        fmt = {"type": "json_schema", "json_schema": {"name": "big", "schema": schema}}
+        body = {"model": MODEL, "messages": USER, "response_format": fmt, "n": n}
+        status, payload = await raw_post(server, "/v1/chat/completions", body)
+        assert status == 400
+        assert orjson.loads(payload)["error"]["code"] == "invalid_response_format"
+        tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+        body = {"model": MODEL, "messages": USER, "tools": [tool], "tool_choice": "required"}
+        status, payload = await raw_post(server, "/v1/chat/completions", {**body, "n": n})
+        assert status == 400
+        assert orjson.loads(payload)["error"]["code"] == "invalid_tool_schema"
 
 
 # --- json_object and schemas written into the prompt ------------------------------------------

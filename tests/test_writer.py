@@ -180,3 +180,32 @@ async def test_a_lost_client_releases_what_waits() -> None:
     await asyncio.wait_for(asyncio.gather(draining, flushed), 2)
     assert transport.writes == []
     assert writer.queued == 0
+
+
+async def test_a_stream_gathers_again_after_a_budget_wait() -> None:
+    from oxiserve.http.budget import WriteBudget
+    from oxiserve.http.writer import PIECE
+
+    loop = asyncio.get_running_loop()
+    others = [10 * PIECE]
+    budget = WriteBudget(10 * PIECE, lambda: others[0], loop)
+    transport = FakeTransport()
+    writer = ChunkedWriter(cast(Any, transport), loop, 0.001, budget=budget)
+    writer.write(b"a")
+    writer.write(b"b")  # the two immediate frames
+    writer.write(b"c")  # opens a gathering window
+    writer.write(b"x" * (2 * PIECE))  # a catch-up batch: gathered, then queued behind the budget
+    writer._write_pending()  # the window's 16 KiB bound: it goes to the queue now
+    assert writer.paused
+    gathered_timer = writer._timer
+    assert gathered_timer is not None
+    await wait_until(lambda: writer._timer is None)  # the window's timer fires while blocked
+    others[0] = 0
+    await asyncio.wait_for(writer.wait_flushed(), 2)
+    assert not writer.paused
+    before = len(transport.writes)
+    writer.write(b"tok1 ")
+    writer.write(b"tok2 ")
+    # Live frames flow again: at once, or within one gathering window (not at the very end).
+    await wait_until(lambda: len(transport.writes) > before, timeout=1)
+    await wait_until(lambda: b"tok2 " in b"".join(bytes(w) for w in transport.writes), timeout=1)

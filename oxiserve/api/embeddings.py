@@ -7,6 +7,7 @@ import base64
 import functools
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -15,7 +16,7 @@ from oxiserve.api import params
 from oxiserve.api.sampling import engine_headers
 from oxiserve.api.state import AppState
 from oxiserve.api.streaming import api_error
-from oxiserve.engine.base import EngineError
+from oxiserve.engine.base import Engine, EngineError
 from oxiserve.errors import InvalidRequest
 from oxiserve.http.messages import BodyWriter, Request, Response, StreamResponse
 from oxiserve.http.router import Router
@@ -121,41 +122,61 @@ async def create_embeddings(state: AppState, request: Request) -> Response | Str
             param="input",
         )
     params.get_str(body, "user", None)
-    headers = engine_headers(request)
-
-    async def embed(start: int, stop: int) -> bytes:
-        try:
-            vectors = await state.engine.embed(model, inputs[start:stop], dimensions, headers)
-        except EngineError as exc:
-            raise api_error(exc) from None
-        return b",".join(
-            [
-                orjson.dumps({"object": "embedding", "index": i, "embedding": _encode(v, encoding)})
-                for i, v in enumerate(vectors, start)
-            ]
-        )
-
+    slices = _Slices(state.engine, model, inputs, dimensions, engine_headers(request), encoding)
     step = max(1, _SLICE_FLOATS // size)
-    first = await embed(0, step)  # engine errors are still a JSON error response here
+    first = await slices.encode(0, step)  # engine errors are still a JSON error response here
     tail = b'],"model":%b,"usage":%b}' % (
         orjson.dumps(model), orjson.dumps({"prompt_tokens": tokens, "total_tokens": tokens}),
     )  # fmt: skip
     if len(inputs) <= step:
-        return Response(b'{"object":"list","data":[' + first + tail)
+        return Response(_HEAD + first + tail)
+    return StreamResponse(
+        functools.partial(slices.produce, first, step, tail), content_type="application/json"
+    )
 
-    async def produce(writer: BodyWriter) -> None:
+
+_HEAD = b'{"object":"list","data":['
+
+
+@dataclass(frozen=True, slots=True)
+class _Slices:
+    """One request's embeddings, made and encoded a slice of inputs at a time."""
+
+    engine: Engine
+    model: str
+    inputs: list[str]
+    dimensions: int | None
+    headers: dict[str, str]
+    encoding: str
+
+    async def encode(self, start: int, stop: int) -> bytes:
+        """The embedding objects of inputs[start:stop], comma-separated."""
+        try:
+            vectors = await self.engine.embed(
+                self.model, self.inputs[start:stop], self.dimensions, self.headers
+            )
+        except EngineError as exc:
+            raise api_error(exc) from None
+        return b",".join(
+            [
+                orjson.dumps(
+                    {"object": "embedding", "index": i, "embedding": _encode(v, self.encoding)}
+                )
+                for i, v in enumerate(vectors, start)
+            ]
+        )
+
+    async def produce(self, first: bytes, step: int, tail: bytes, writer: BodyWriter) -> None:
         """The rest slice by slice, each only when the client has read enough of the last:
         neither the loop nor memory holds the whole answer at once."""
-        writer.write(b'{"object":"list","data":[' + first)
-        for start in range(step, len(inputs), step):
+        writer.write(_HEAD + first)
+        for start in range(step, len(self.inputs), step):
             await writer.drain()
             if writer.closed:
                 return
             await asyncio.sleep(0)  # other requests are served between slices
-            writer.write(b"," + await embed(start, start + step))
+            writer.write(b"," + await self.encode(start, start + step))
         writer.write(tail)
-
-    return StreamResponse(produce, content_type="application/json")
 
 
 def _encode(vector: list[float], encoding: str) -> list[float] | str:

@@ -205,7 +205,8 @@ class SimStream:
     def _call_tool(self, tool: ToolSpec) -> None:
         rng = self._plan.rng
         try:
-            arguments = orjson.dumps(sim_json.sample_json(tool.parameters, rng)).decode()
+            value = sim_json.sample_json(tool.parameters, rng)
+            arguments = sim_json.checked_size(orjson.dumps(value).decode())
         except (ValueError, TypeError, ArithmeticError, RecursionError, orjson.JSONEncodeError):
             self._stop(None)
             raise EngineError(

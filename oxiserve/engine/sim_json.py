@@ -19,6 +19,7 @@ _GIVE_UP_DEPTH = 64  # a schema that requires itself has no finite instance; sto
 _INT_LIMIT = 2**53 - 1  # keeps integers exact in every JSON parser
 _NODE_BUDGET = 5000  # values generated per schema: a self-requiring schema must not explode
 _MAX_COUNT = 512  # largest minItems / minProperties / minLength the sampler will honour
+MAX_JSON_CHARS = 256 * 1024  # a simulated JSON answer or arguments (a const can be huge)
 
 
 class SchemaTooLarge(ValueError):
@@ -45,15 +46,29 @@ def sample_json(schema: object, rng: Random) -> Any:
     return _Sampler(schema, rng).value(schema, 0)
 
 
-def _merge(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> dict[str, Any]:
-    """``inner`` applied on top of ``outer``, uniting their properties and required lists."""
-    merged = {**outer, **inner}
-    props = {**(outer.get("properties") or {}), **(inner.get("properties") or {})}
+def checked_size(text: str) -> str:
+    """``text`` if it is a JSON text the simulator will answer; SchemaTooLarge beyond."""
+    if len(text) > MAX_JSON_CHARS:
+        raise SchemaTooLarge(f"its instance is {len(text)} characters, more than {MAX_JSON_CHARS}")
+    return text
+
+
+def _merge(*parts: Mapping[str, Any]) -> dict[str, Any]:
+    """Each part applied on top of the ones before, uniting properties and required lists;
+    one pass, however many parts (an allOf of 40,000 branches is linear work)."""
+    merged: dict[str, Any] = {}
+    props: dict[str, Any] = {}
+    required: dict[str, None] = {}
+    for part in parts:
+        merged.update(part)
+        props.update(part.get("properties") or {})
+        required.update(dict.fromkeys(part.get("required") or ()))
+    merged.pop("properties", None)
+    merged.pop("required", None)
     if props:
         merged["properties"] = props
-    required = [*(outer.get("required") or ()), *(inner.get("required") or ())]
     if required:
-        merged["required"] = list(dict.fromkeys(required))
+        merged["required"] = list(required)
     return merged
 
 
@@ -92,17 +107,22 @@ class _Sampler:
         self.rng = rng
         self.budget = _NODE_BUDGET
 
-    def value(self, schema: object, depth: int) -> Any:
-        self.budget -= 1
+    def charge(self, work: int) -> None:
+        self.budget -= work
         if self.budget < 0:
             raise SchemaTooLarge(f"the schema needs more than {_NODE_BUDGET} values")
+
+    def value(self, schema: object, depth: int) -> Any:
+        self.charge(1)
         if not isinstance(schema, Mapping) or depth > _GIVE_UP_DEPTH:
             return self.rng.choice(LOREM_WORDS)
-        resolved = self._resolve(schema.get("$ref"))
-        if resolved is not None:
-            return self.value(resolved, depth + 1)
+        if "$ref" in schema and self._resolve(schema["$ref"]) is not None:
+            return self.value(self._inline(schema), depth + 1)
         if "const" in schema:
-            return schema["const"]
+            const = schema["const"]
+            if isinstance(const, str):
+                checked_size(const)  # refused before a megabyte string is encoded
+            return const
         enum = schema.get("enum")
         if isinstance(enum, list) and enum:
             return self.rng.choice(enum)
@@ -117,11 +137,10 @@ class _Sampler:
             if branches:
                 rest = {k: v for k, v in schema.items() if k != key}
                 if key == "allOf":
-                    for branch in branches:
-                        rest = _merge(rest, branch)
-                    return self.value(rest, depth + 1)
+                    self.charge(len(branches))
+                    return self.value(_merge(rest, *map(self._inline, branches)), depth + 1)
                 usable = [b for b in branches if b.get("type") != "null"] or branches
-                return self.value(_merge(rest, usable[0]), depth + 1)
+                return self.value(_merge(rest, self._inline(usable[0])), depth + 1)
         kind = self._type(schema)
         if kind == "object":
             return self._object(schema, depth)
@@ -134,6 +153,16 @@ class _Sampler:
         if kind == "null":
             return None
         return self._string(schema)
+
+    def _inline(self, schema: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``schema`` with a local ``$ref`` replaced by its target, the keywords beside the
+        ``$ref`` (draft 2019+ allows them) applied on top."""
+        target = self._resolve(schema.get("$ref"))
+        if target is None:
+            return schema
+        siblings = {k: v for k, v in schema.items() if k not in ("$ref", "$defs", "definitions")}
+        self.charge(1 + len(siblings.get("properties") or ()))
+        return _merge(target, siblings) if siblings else target
 
     def _resolve(self, ref: object) -> Mapping[str, Any] | None:
         if not isinstance(ref, str) or not ref.startswith("#"):

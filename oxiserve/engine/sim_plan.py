@@ -127,7 +127,7 @@ def _answer(config: Config, request: GenerationRequest, rng: Random) -> _Answer:
     fills the client's limit, so load tests set output length per request.
     """
     hard = config.max_tokens_limit if request.max_tokens is None else request.max_tokens
-    pieces = _json_pieces(request.response_format, rng)
+    pieces = _json_pieces(request.response_format, rng, hard)
     if pieces is not None:  # sim_output_len does not cut JSON: a client could not parse it
         return _cut(pieces, hard)
     cap = config.sim_output_len or None
@@ -169,7 +169,7 @@ class _FormatError(ValueError):
     """The client's response_format schema has no instance the simulator can make."""
 
 
-def _json_pieces(fmt: ResponseFormat | None, rng: Random) -> list[str] | None:
+def _json_pieces(fmt: ResponseFormat | None, rng: Random, hard: int) -> list[str] | None:
     """The JSON answer ``fmt`` asks for, as tokens; None: answer free text.
 
     A schema found in the prompt is only a hint: when it has no instance the answer is
@@ -181,7 +181,7 @@ def _json_pieces(fmt: ResponseFormat | None, rng: Random) -> list[str] | None:
         value = sim_json.sample_json(_ANY_OBJECT if fmt.schema is None else fmt.schema, rng)
         if fmt.kind == "json_object" and not isinstance(value, dict):
             raise ValueError("the schema's instances are not JSON objects")
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text = sim_json.checked_size(json.dumps(value, ensure_ascii=False, allow_nan=False))
     except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
         if not fmt.from_prompt:
             raise _FormatError(
@@ -191,7 +191,7 @@ def _json_pieces(fmt: ResponseFormat | None, rng: Random) -> list[str] | None:
         if fmt.kind == "text":
             return None
         text = json.dumps(sim_json.sample_json(_ANY_OBJECT, rng))
-    return sim_text.split_pieces(text)
+    return leading_pieces(text, hard)
 
 
 def make_plan(config: Config, request: GenerationRequest) -> Plan:

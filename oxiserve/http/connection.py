@@ -115,17 +115,27 @@ class Connection(asyncio.Protocol):
             self._parse()
 
     def _feed(self, data: bytes) -> bool:
-        """Hand bytes to h11, first answering a request line h11 would wait on forever."""
-        if not self._line_ok:
-            self._line += data
-            try:
-                self._line_ok = check_request_line(self._line[: self.ctx.config.max_header_bytes])
-            except Rejected as exc:
-                self._reject_now(exc.status, exc.message)
-                return False
-            if self._line_ok or len(self._line) > self.ctx.config.max_header_bytes:
-                self._line, self._line_ok = b"", True  # h11 judges the rest
-        self._parser.receive_data(data)
+        """Hand bytes to h11 (True: there is something to parse).
+
+        Until a request's first line is complete it is kept here: empty lines before it are
+        dropped (RFC 9112 section 2.2), and a line h11 would wait on forever (an HTTP/0.9
+        ``GET /``) is answered at once.
+        """
+        if self._line_ok:
+            self._parser.receive_data(data)
+            return True
+        start = (self._line + data).lstrip(b"\r\n")
+        limit = self.ctx.config.max_header_bytes
+        try:
+            complete = check_request_line(start[:limit])
+        except Rejected as exc:
+            self._reject_now(exc.status, exc.message)
+            return False
+        if not complete and len(start) <= limit:
+            self._line = start
+            return False
+        self._line, self._line_ok = b"", True  # h11 judges the rest (and an overlong line)
+        self._parser.receive_data(start)
         return True
 
     def eof_received(self) -> bool:
@@ -145,8 +155,8 @@ class Connection(asyncio.Protocol):
         self.ctx.release(self)
         if self._request is not None:
             # The client left before its answer was complete (nginx's 499), streamed or not.
-            if self._writer is not None:
-                self._sent = self._writer.sent
+            if self._writer is not None:  # what reached the transport, not what waited
+                self._sent = self._writer.sent - self._writer.queued
             self._log_access(499)
             self._request = None
         if self._writer is not None:
@@ -305,7 +315,7 @@ class Connection(asyncio.Protocol):
             content_length=len(body), headers=headers, close=close,
         )  # fmt: skip
         self._status = response.status
-        self._sent = len(body)
+        self._sent = 0 if request.method == "HEAD" else len(body)
         if request.method == "HEAD":
             transport.write(head)
         elif len(body) <= PIECE:

@@ -133,6 +133,11 @@ class ChunkedWriter:
 
     def _update_flow(self) -> None:
         blocked = self._paused or bool(self._queue)
+        if not blocked and self._blocked and self._pending is not None:
+            # Gathered frames come before anything a resumed subscriber catches up, whatever
+            # ended the block (the transport, or room in the server's budget).
+            self._release_gathered()
+            blocked = self._paused or bool(self._queue)
         if blocked != self._blocked:
             self._blocked = blocked
             listener = self._on_pause if blocked else self._on_resume
@@ -196,17 +201,19 @@ class ChunkedWriter:
     def flow(self, *, paused: bool) -> None:
         """The transport paused or resumed writing."""
         self._paused = paused
-        if not paused and self._pending is not None:
-            # Gathered frames come before anything the resumed subscriber catches up.
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._write_pending()
-            self._pending = None
         if not paused and self._queue and not self._waiting_budget:
             self._feed()
         else:
             self._update_flow()
+
+    def _release_gathered(self) -> None:
+        """Write what the open gathering window holds and close it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, None
+        if pending:
+            self._send(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def lost(self) -> None:
         if self._timer is not None:
