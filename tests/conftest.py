@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+import selectors
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from oxiserve import Config, Server
 
 TIMEOUT = 5.0
+T = TypeVar("T")
 
 # The SDK and SSE wire tests run on both event loops users serve with (uvloop's transports
 # are not asyncio.Transport subclasses; a server that assumes so breaks on them).
@@ -178,3 +181,109 @@ async def shrink_server_send_buffer(server: Server, size: int = 4096) -> None:
     (conn,) = server.context.connections
     assert conn.transport is not None
     conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def _blocked(task: asyncio.Task[Any]) -> bool:
+    # A task is blocked when it awaits a future that is not done. One that did a bare yield
+    # (asyncio.sleep(0)), has not started yet or whose future just completed has no pending
+    # ``_fut_waiter`` and is ready to run. (``_fut_waiter`` is private, but both the C and the
+    # Python Task have it, on asyncio's loops and on uvloop, which uses asyncio's Task.)
+    waiter = getattr(task, "_fut_waiter", None)
+    return waiter is not None and not waiter.done()
+
+
+async def wait_all_tasks_blocked(
+    *, quiet: int = 3, max_iterations: int = 10_000, timeout: float = TIMEOUT
+) -> None:
+    """Return once every other task on the running loop is blocked, as trio's
+    ``trio.testing.wait_all_tasks_blocked()``: use it instead of a few ``sleep(0)`` to let
+    whatever was set going run until it waits for something.
+
+    Contract:
+    - "Blocked" means awaiting a future that is not done: an event, a lock, a queue, a
+      socket's data, a timer (a task sleeping for a delay counts as blocked, as in trio; this
+      never waits for a timer to fire: use a fake clock or an event for that).
+    - The condition must hold at ``quiet`` consecutive loop iterations (a done future's
+      wake-up, a transport's ``call_soon`` and loopback I/O each take an iteration to reach a
+      task); on asyncio's own loops the ready queue must also hold nothing but this task.
+    - Bounded in loop iterations and in (real) seconds: raises ``TimeoutError`` if the tasks
+      never all block, e.g. one is consuming a zero-latency stream, which never waits.
+    - It does not see work outside the loop: a worker thread still running, bytes still in the
+      kernel between two processes. Wait for those with an event or ``wait_until``.
+    """
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    ready = getattr(loop, "_ready", None)  # asyncio's queue of callbacks; uvloop hides it
+    deadline = time.monotonic() + timeout
+    calm = 0
+    for _ in range(max_iterations):
+        await asyncio.sleep(0)  # one loop iteration: the others run, or not
+        idle = not ready and all(_blocked(t) for t in asyncio.all_tasks(loop) if t is not me)
+        calm = calm + 1 if idle else 0
+        if calm >= quiet:
+            return
+        if time.monotonic() > deadline:
+            break
+    raise TimeoutError("the other tasks kept running: they never all blocked")
+
+
+class _JumpingSelector(selectors.BaseSelector):
+    """A real selector that, when the loop would sleep until its next timer with no I/O
+    ready, advances the loop's clock to that timer instead of waiting."""
+
+    def __init__(self, loop: MockClockLoop) -> None:
+        self._loop = loop
+        self._real = selectors.DefaultSelector()
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._real.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._real.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._real.modify(fileobj, events, data)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        events = self._real.select(0)
+        if events or timeout is None or timeout <= 0:
+            # Nothing scheduled at all (timeout None): only real I/O can wake the loop.
+            return events or (self._real.select(None) if timeout is None else [])
+        self._loop.advance(timeout)
+        return []
+
+    def close(self) -> None:
+        self._real.close()
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._real.get_map()
+
+
+class MockClockLoop(asyncio.SelectorEventLoop):
+    """asyncio's selector loop on a virtual clock, as trio's ``MockClock(autojump_threshold=0)``.
+
+    ``time()`` starts at 0.0 and moves only when ``advance()`` is called or when every task
+    waits for a timer (nothing ready, no I/O ready): then it jumps straight to the next timer's
+    deadline. So ``call_later``/``asyncio.sleep`` delays take no real time, and a test sees
+    exactly the loop times the code under test asked for. Meant for code that reads time only
+    through ``loop.time()`` and timers (the simulator engine) and runs no worker threads (the
+    clock would jump while a thread works). Run a coroutine on it with ``run_on_mock_clock``.
+    """
+
+    def __init__(self) -> None:
+        self._now = 0.0
+        super().__init__(_JumpingSelector(self))
+
+    def time(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("time does not go backwards")
+        self._now += seconds
+
+
+def run_on_mock_clock(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main()`` to completion on a fresh ``MockClockLoop`` (from a synchronous test)."""
+    with asyncio.Runner(loop_factory=MockClockLoop) as runner:
+        return runner.run(main())

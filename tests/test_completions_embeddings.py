@@ -73,10 +73,23 @@ async def test_completion_logprobs_legacy_shape(server: Server) -> None:
         server, "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 3, "logprobs": 2}
     )
     assert status == 200
-    logprobs = orjson.loads(payload)["choices"][0]["logprobs"]
-    assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == 3
-    assert all(len(top) <= 2 for top in logprobs["top_logprobs"])
-    assert logprobs["text_offset"][0] == 0
+    choice = orjson.loads(payload)["choices"][0]
+    logprobs = choice["logprobs"]
+    tokens = logprobs["tokens"]
+    assert len(tokens) == len(logprobs["token_logprobs"]) == len(logprobs["top_logprobs"]) == 3
+    assert "".join(tokens) == choice["text"]
+    for token, logprob, top in zip(
+        tokens, logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True
+    ):
+        assert -3.0 <= logprob < 0.0
+        assert len(top) == 2  # the request's logprobs count, each led by the chosen token
+        assert top[token] == logprob
+        assert all(alt < logprob for name, alt in top.items() if name != token)
+        assert sum(math.exp(v) for v in top.values()) <= 1.0
+    offsets = [0]
+    for token in tokens[:-1]:
+        offsets.append(offsets[-1] + len(token))
+    assert logprobs["text_offset"] == offsets
 
 
 @pytest.mark.parametrize(

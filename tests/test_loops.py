@@ -1,4 +1,5 @@
-"""oxiserve on uvloop: embedded in a host that runs uvloop.run(), and the CLI's --loop choice."""
+"""oxiserve on uvloop: embedded in a host that runs uvloop.run(), and the CLI's --loop choice;
+and the loop helpers other tests rely on (tests/conftest.py), on both loops."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from collections.abc import Iterator
 
 import httpx
 import openai
+import pytest
 import uvloop
 
 from oxiserve import Config, Server
+from oxiserve.engine.sim_text import count_tokens
 from oxiserve.loops import resolve
+from tests.conftest import MockClockLoop, run_on_mock_clock, wait_all_tasks_blocked
 
 MODEL = "oxiserve-sim"
 
@@ -66,7 +70,7 @@ def test_a_server_embedded_in_a_uvloop_host_serves_a_stream() -> None:
         )
         chunks = list(stream)
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        assert len(text.split()) >= 10
+        assert count_tokens(text) == 20
         assert chunks[-1].choices[0].finish_reason == "length"
         with httpx.Client(base_url=url) as raw:
             assert raw.get("/health").json() == {"status": "ok"}
@@ -81,3 +85,59 @@ def test_auto_picks_uvloop_where_it_is_installed() -> None:
     finally:
         loop.close()
     assert resolve("asyncio")[0] == "asyncio"
+
+
+# --- the test helpers ------------------------------------------------------------------------
+
+
+async def test_wait_all_tasks_blocked_lets_a_chain_of_tasks_run_to_its_end() -> None:
+    # 50 tasks hand a value down a chain of queues, one hop per loop iteration or more: a
+    # few sleep(0)s would return halfway, the helper only once every task waits again.
+    queues: list[asyncio.Queue[int]] = [asyncio.Queue() for _ in range(51)]
+    hold = asyncio.Event()
+
+    async def hop(i: int) -> None:
+        value = await queues[i].get()
+        await queues[i + 1].put(value + 1)
+        await hold.wait()  # blocked, not done: the helper must not wait for the end
+
+    tasks = [asyncio.create_task(hop(i)) for i in range(50)]
+    queues[0].put_nowait(0)
+    await wait_all_tasks_blocked()
+    assert queues[50].get_nowait() == 50
+    assert not any(task.done() for task in tasks)
+    hold.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+
+async def test_wait_all_tasks_blocked_gives_up_on_a_task_that_never_waits() -> None:
+    spinning = True
+
+    async def spin() -> None:
+        for _ in range(1_000_000):
+            if not spinning:
+                return
+            await asyncio.sleep(0)  # ready to run at every iteration: the behaviour under test
+
+    task = asyncio.create_task(spin())
+    with pytest.raises(TimeoutError, match="never all blocked"):
+        await wait_all_tasks_blocked(max_iterations=200)
+    spinning = False
+    await asyncio.wait_for(task, 5)
+
+
+def test_the_mock_clock_jumps_to_each_timer_and_times_out_on_it() -> None:
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, MockClockLoop)
+        fired: list[float] = []
+        for delay in (3600.0, 0.25, 60.0):
+            loop.call_later(delay, lambda: fired.append(loop.time()))
+        with pytest.raises(TimeoutError):  # an hour of waiting, in no real time
+            await asyncio.wait_for(loop.create_future(), 7200.0)
+        assert loop.time() == pytest.approx(7200.0)
+        loop.advance(1.5)
+        assert loop.time() == pytest.approx(7201.5)
+        return fired
+
+    assert run_on_mock_clock(main) == pytest.approx([0.25, 60.0, 3600.0])

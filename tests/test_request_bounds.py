@@ -95,6 +95,8 @@ async def test_seeded_choices_differ_and_repeat_exactly(server: Server) -> None:
 async def test_long_prompts_are_counted_in_slices_with_the_loop_free_between(text: str) -> None:
     import asyncio
 
+    # The sleep(0)s are the measure, not waits: the ticker counts the loop iterations it got,
+    # which is how the test sees the loop was free between slices.
     ticks = 0
     done = False
 
@@ -102,10 +104,10 @@ async def test_long_prompts_are_counted_in_slices_with_the_loop_free_between(tex
         nonlocal ticks
         while not done:
             ticks += 1
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one loop iteration per tick
 
     other = asyncio.create_task(other_request())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one iteration, so the ticker is running before counting starts
     try:
         counted = await sampling.count_prompt_tokens(sim_text.count_tokens, text)
     finally:

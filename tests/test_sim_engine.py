@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import math
 import re
-import time
 from collections.abc import Mapping
 from random import Random
 from typing import Any
@@ -22,16 +22,19 @@ from oxiserve.engine.base import (
     EngineError,
     GenerationRequest,
     ResponseFormat,
+    ToolCall,
     ToolSpec,
     request_digest,
 )
 from oxiserve.engine.sim import MODEL_CREATED, SimEngine, SimStream
 from oxiserve.engine.sim_json import sample_json
 from oxiserve.engine.sim_text import count_tokens, split_pieces
+from tests.conftest import MockClockLoop, run_on_mock_clock, wait_all_tasks_blocked, wait_until
 
 TIMEOUT = 5.0
-# A timer may fire up to one clock tick before its deadline (asyncio's _run_once).
-TICK = time.get_clock_info("monotonic").resolution
+# Which of 20 requests ("prompt 0".."prompt 19", simulator seed 0) a 0.5 failure rate fails:
+# computed once from the simulator, which is deterministic for a seed.
+FAILED_OF_20 = [5, 6, 8, 9, 10, 11, 17, 19]
 
 
 def engine(**overrides: Any) -> SimEngine:
@@ -61,12 +64,6 @@ async def fails_with(stream: SimStream) -> tuple[EngineError, list[str]]:
     except EngineError as error:
         return error, tokens
     raise AssertionError(f"the stream ended without an error after {tokens!r}")
-
-
-async def ticks(n: int) -> None:
-    """Let the event loop run ``n`` iterations."""
-    for _ in range(n):
-        await asyncio.sleep(0)
 
 
 # --- models, tokenizer ------------------------------------------------------------------------
@@ -277,19 +274,26 @@ async def test_seed_request_and_choice_change_the_output() -> None:
 
 async def test_failure_injection_leaves_the_text_alone() -> None:
     calm, flaky = engine(), engine(sim_failure_rate=0.5)
+    succeeded, failed = [], []
     for i in range(20):
         stream = flaky.generate(request(prompt=f"prompt {i}"))
         try:
             text = "".join(await collect(stream))
         except EngineError:
+            failed.append(i)
             continue
+        succeeded.append(i)
         assert text == await text_of(calm, prompt=f"prompt {i}")
+    # The simulator is deterministic for a seed: these are the requests the 0.5 rate fails.
+    assert failed == FAILED_OF_20
+    assert len(succeeded) == 20 - len(FAILED_OF_20)
 
 
 # --- timing -----------------------------------------------------------------------------------
 
 
 async def test_each_token_costs_one_loop_iteration() -> None:
+    # The sleep(0)s here are the measure, not waits: the ticker counts loop iterations.
     count = 0
     done = False
 
@@ -297,10 +301,10 @@ async def test_each_token_costs_one_loop_iteration() -> None:
         nonlocal count
         while not done and count < 10_000:
             count += 1
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one loop iteration per count
 
     task = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # exactly one iteration, so the ticker is counting from here
     start = count
     tokens = await collect(engine().generate(request(max_tokens=300)))
     done = True
@@ -309,30 +313,62 @@ async def test_each_token_costs_one_loop_iteration() -> None:
     assert 299 <= count - start <= 301
 
 
-async def test_time_to_first_token_is_waited() -> None:
+# These run on a virtual clock (tests/conftest.py MockClockLoop): the engine reads time only
+# through loop.time() and call_later, so each token arrives at exactly the loop time the
+# engine scheduled it for, and a test asserts that time, not a lower bound of wall time.
+
+
+async def arrival_times(stream: SimStream, busy: dict[int, float] | None = None) -> list[float]:
+    """The loop time (from the first ``__anext__``) at which each token arrived; ``busy``
+    maps a token's index to how long the consumer then works before asking for the next."""
     loop = asyncio.get_running_loop()
-    stream = engine(sim_ttft_ms=20).generate(request(max_tokens=2))
-    start = loop.time()
-    await anext(stream)
-    assert loop.time() - start >= 0.020 - TICK
+    assert isinstance(loop, MockClockLoop)
+    start, times = loop.time(), []
+    async for _ in stream:
+        times.append(loop.time() - start)
+        loop.advance((busy or {}).get(len(times) - 1, 0.0))
+    return times
 
 
-async def test_inter_token_latency_is_waited() -> None:
-    loop = asyncio.get_running_loop()
-    stream = engine(sim_ttft_ms=20, sim_itl_ms=20, sim_itl_jitter_ms=5).generate(
-        request(max_tokens=3)
-    )
-    start = loop.time()
-    assert len(await collect(stream)) == 3
-    assert loop.time() - start >= 0.020 + 2 * 0.020 - TICK
+def times_of(busy: dict[int, float] | None = None, **fields: Any) -> list[float]:
+    config = {k: fields.pop(k) for k in list(fields) if k.startswith("sim_")}
+    stream = engine(**config).generate(request(**fields))
+    return run_on_mock_clock(lambda: arrival_times(stream, busy))
 
 
-async def test_jitter_adds_to_the_first_token_time() -> None:
-    loop = asyncio.get_running_loop()
-    stream = engine(sim_ttft_ms=10, sim_ttft_jitter_ms=10).generate(request(max_tokens=1))
-    start = loop.time()
-    await collect(stream)
-    assert loop.time() - start >= 0.010 - TICK
+def test_time_to_first_token_is_waited() -> None:
+    times = times_of(sim_ttft_ms=20, max_tokens=3)
+    assert times == pytest.approx([0.020, 0.020, 0.020])  # no inter-token latency configured
+
+
+def test_inter_token_latency_is_waited() -> None:
+    times = times_of(sim_ttft_ms=20, sim_itl_ms=10, max_tokens=4)
+    assert times == pytest.approx([0.020, 0.030, 0.040, 0.050])
+
+
+def test_inter_token_jitter_adds_to_each_gap_reproducibly() -> None:
+    times = times_of(sim_ttft_ms=20, sim_itl_ms=20, sim_itl_jitter_ms=5, max_tokens=6)
+    assert times[0] == pytest.approx(0.020)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0.020 <= gap <= 0.025 + 1e-9 for gap in gaps), gaps
+    assert len({round(gap, 9) for gap in gaps}) > 1  # jittered, not a fixed gap
+    assert times_of(sim_ttft_ms=20, sim_itl_ms=20, sim_itl_jitter_ms=5, max_tokens=6) == times
+
+
+def test_jitter_adds_to_the_first_token_time() -> None:
+    firsts = [
+        times_of(sim_ttft_ms=10, sim_ttft_jitter_ms=10, prompt=f"p{i}", max_tokens=1)[0]
+        for i in range(10)
+    ]
+    assert all(0.010 <= t <= 0.020 + 1e-9 for t in firsts), firsts
+    assert len({round(t, 9) for t in firsts}) > 1  # each request draws its own jitter
+
+
+def test_a_consumer_that_fell_behind_catches_up_with_the_schedule() -> None:
+    # Tokens keep to their schedule (10, 20, 30, 40, 50 ms): a consumer busy for 35 ms after
+    # the first gets the overdue ones at once, then waits for the next as usual.
+    times = times_of({0: 0.035}, sim_ttft_ms=10, sim_itl_ms=10, max_tokens=5)
+    assert times == pytest.approx([0.010, 0.045, 0.045, 0.045, 0.050])
 
 
 # --- failures ---------------------------------------------------------------------------------
@@ -492,14 +528,13 @@ async def test_no_token_after_aclose() -> None:
         ended.set()
 
     task = asyncio.create_task(consume())
-    await ticks(5)
+    await wait_until(lambda: sim.tokens_produced > 0)
     await stream.aclose()
     produced = sim.tokens_produced
     assert 0 < produced < 1_000_000
-    await ticks(20)
-    assert sim.tokens_produced == produced == stream.usage.completion_tokens
     await asyncio.wait_for(ended.wait(), TIMEOUT)
     await task
+    assert sim.tokens_produced == produced == stream.usage.completion_tokens
     assert stream.finish_reason == "cancelled"
 
 
@@ -507,7 +542,8 @@ async def test_aclose_wakes_a_waiting_consumer() -> None:
     stream = engine(sim_itl_ms=60_000).generate(request(max_tokens=5))
     await anext(stream)
     task = asyncio.create_task(collect(stream))
-    await ticks(3)
+    await wait_all_tasks_blocked()  # the consumer waits for a token due in a minute
+    assert not task.done()
     await stream.aclose()
     assert await asyncio.wait_for(task, TIMEOUT) == []
     assert stream.usage.completion_tokens == 1
@@ -552,14 +588,24 @@ SEARCH = ToolSpec(
 NO_ARGS = ToolSpec("ping")
 
 
+def test_a_tool_call_waits_the_first_token_time() -> None:
+    async def main() -> tuple[float, list[ToolCall]]:
+        loop = asyncio.get_running_loop()
+        stream = engine(sim_ttft_ms=20).generate(request(tools=(WEATHER,), tool_choice="required"))
+        start = loop.time()
+        assert await collect(stream) == []
+        return loop.time() - start, stream.tool_calls
+
+    elapsed, calls = run_on_mock_clock(main)
+    assert elapsed == pytest.approx(0.020)
+    assert [call.name for call in calls] == ["get_weather"]
+
+
 @pytest.mark.parametrize("tool", [WEATHER, SEARCH, NO_ARGS])
 async def test_required_tool_call_has_valid_arguments(tool: ToolSpec) -> None:
-    sim = engine(sim_ttft_ms=20)
-    loop = asyncio.get_running_loop()
+    sim = engine()
     stream = sim.generate(request(tools=(tool,), tool_choice="required"))
-    start = loop.time()
     assert await collect(stream) == []
-    assert loop.time() - start >= 0.020 - TICK
     assert stream.finish_reason == "tool_calls"
     [call] = stream.tool_calls
     assert call.name == tool.name
