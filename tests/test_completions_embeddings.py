@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from oxiserve import Server
+from oxiserve.engine.sim_text import count_tokens
 from tests.conftest import running
 from tests.test_chat import MODEL, raw_post, sse_data
 
@@ -23,7 +24,7 @@ async def test_completion_non_stream(client: openai.AsyncOpenAI) -> None:
     assert result.choices[0].finish_reason == "length"
     assert result.usage is not None
     assert result.usage.completion_tokens == 6
-    assert result.choices[0].text
+    assert count_tokens(result.choices[0].text) == 6
 
 
 async def test_completion_stream_matches_non_stream(client: openai.AsyncOpenAI) -> None:
@@ -123,7 +124,7 @@ async def test_sync_sdk_completions(server: Server) -> None:
             stream = sdk.completions.create(model=MODEL, prompt="x", max_tokens=3, stream=True)
             return "".join(c.choices[0].text for c in stream if c.choices)
 
-    assert len((await asyncio.to_thread(run)).split()) == 3
+    assert count_tokens(await asyncio.to_thread(run)) == 3
 
 
 async def test_embeddings_float(client: openai.AsyncOpenAI) -> None:
@@ -157,7 +158,15 @@ async def test_embeddings_base64_dimensions_and_token_input(server: Server) -> N
 async def test_sdk_default_base64_embeddings_decode(client: openai.AsyncOpenAI) -> None:
     """The SDK asks for base64 by default and decodes it itself."""
     result = await client.embeddings.create(model=MODEL, input="hi", dimensions=16)
-    assert len(result.data[0].embedding) == 16
+    floats = await client.embeddings.create(
+        model=MODEL, input="hi", dimensions=16, encoding_format="float"
+    )
+    decoded, exact = result.data[0].embedding, floats.data[0].embedding
+    assert len(decoded) == 16
+    # the same vector as the float answer, to float32 precision: decoded, not just sized
+    assert all(
+        math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7) for a, b in zip(decoded, exact, strict=True)
+    )
 
 
 @pytest.mark.parametrize(
