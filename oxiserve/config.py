@@ -41,7 +41,12 @@ class Config:
         "event loop of python -m oxiserve (auto: uvloop when installed, see the [fast] extra)",
         choices=("auto", "asyncio", "uvloop"),
     )
-    shutdown_timeout: float = _opt(10.0, "seconds in-flight requests get to finish on shutdown")
+    shutdown_timeout: float = _opt(
+        10.0, "seconds in-flight requests and running jobs get to finish on shutdown"
+    )
+    job_retention: float = _opt(
+        300.0, "seconds a finished detached job (a run, a background response) stays re-attachable"
+    )
 
     cors_allow_origins: str = _opt(
         "", "origins a web page may call the API from: comma-separated, or * (empty: no CORS)"

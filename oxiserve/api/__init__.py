@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from oxiserve.api import chat, completions, embeddings, models
+from oxiserve.api.routes import bind
 from oxiserve.api.state import AppState
 from oxiserve.http.router import Router
 
@@ -10,5 +11,5 @@ from oxiserve.http.router import Router
 def build_router(state: AppState) -> Router:
     router = Router()
     for module in (models, chat, completions, embeddings):
-        module.register(router, state)
+        bind(router, state, module.ROUTES)
     return router

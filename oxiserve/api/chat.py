@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from typing import Any
 import orjson
 
 from oxiserve.api import chat_request
+from oxiserve.api.routes import Route
 from oxiserve.api.sampling import (
     SamplingParams,
     check_budget,
@@ -18,19 +18,15 @@ from oxiserve.api.sampling import (
     generation_requests,
     read_sampling,
 )
+from oxiserve.api.shapes import TextTemplates, usage_object
 from oxiserve.api.state import AppState
 from oxiserve.api.streaming import ChoiceResult, collect, start_stream, total_usage
 from oxiserve.engine.base import TokenLogprob, ToolCall, Usage
 from oxiserve.errors import APIError
 from oxiserve.http import sse
 from oxiserve.http.messages import Request, Response, StreamResponse, json_response
-from oxiserve.http.router import Router
 
 FINGERPRINT = "fp_oxiserve"
-
-
-def register(router: Router, state: AppState) -> None:
-    router.add("POST", "/v1/chat/completions", functools.partial(create_chat_completion, state))
 
 
 async def create_chat_completion(state: AppState, request: Request) -> Response | StreamResponse:
@@ -60,7 +56,7 @@ async def create_chat_completion(state: AppState, request: Request) -> Response 
         body = completion_object(completion_id, created, model, results, sampling, legacy)
         return json_response(body)
     encoder = ChatChunkEncoder(completion_id, created, model, legacy_functions=legacy)
-    return await start_stream(state.engine, requests, encoder, sampling, state.config)
+    return await start_stream(state, requests, encoder, sampling)
 
 
 def completion_object(
@@ -108,14 +104,6 @@ def completion_object(
     }
 
 
-def usage_object(usage: Usage) -> dict[str, int]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-    }
-
-
 def tool_call_object(call: ToolCall) -> dict[str, Any]:
     return {
         "id": call.id,
@@ -136,9 +124,6 @@ def logprob_object(lp: TokenLogprob) -> dict[str, Any]:
     }
 
 
-_PLACEHOLDER = "\x00oxiserve\x00"
-
-
 class ChatChunkEncoder:
     """chat.completion.chunk frames; text frames come from a pre-split template.
 
@@ -157,7 +142,9 @@ class ChatChunkEncoder:
             "model": model,
             "system_fingerprint": FINGERPRINT,
         }
-        self._templates: dict[int, tuple[bytes, bytes]] = {}
+        self._templates = TextTemplates(
+            lambda index, text: self._frame([self._choice(index, {"content": text})])
+        )
 
     def _frame(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return sse.data_frame(orjson.dumps({**self._base, "choices": choices, **extra}))
@@ -167,16 +154,10 @@ class ChatChunkEncoder:
         return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
     def text_template(self, index: int) -> tuple[bytes, bytes]:
-        template = self._templates.get(index)
-        if template is None:
-            frame = self._frame([self._choice(index, {"content": _PLACEHOLDER})])
-            prefix, _, suffix = frame.partition(orjson.dumps(_PLACEHOLDER))
-            template = self._templates[index] = (prefix, suffix)
-        return template
+        return self._templates.get(index)
 
     def text(self, index: int, text: str) -> bytes:
-        prefix, suffix = self.text_template(index)
-        return prefix + orjson.dumps(text) + suffix
+        return self._templates.text(index, text)
 
     def open(self, index: int) -> bytes | None:
         return self._frame([self._choice(index, {"role": "assistant", "content": ""})])
@@ -225,3 +206,6 @@ class ChatChunkEncoder:
 
 def _pieces(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+ROUTES = [Route("POST", "/v1/chat/completions", create_chat_completion)]

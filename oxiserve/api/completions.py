@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Sequence
@@ -11,7 +10,7 @@ from typing import Any
 import orjson
 
 from oxiserve.api import params
-from oxiserve.api.chat import usage_object
+from oxiserve.api.routes import Route
 from oxiserve.api.sampling import (
     SamplingParams,
     check_budget,
@@ -19,19 +18,15 @@ from oxiserve.api.sampling import (
     generation_requests,
     read_sampling,
 )
+from oxiserve.api.shapes import TextTemplates, usage_object
 from oxiserve.api.state import AppState
 from oxiserve.api.streaming import ChoiceResult, collect, start_stream, total_usage
 from oxiserve.engine.base import GenerationRequest, TokenLogprob, ToolCall, Usage
 from oxiserve.errors import APIError, InvalidRequest
 from oxiserve.http import sse
 from oxiserve.http.messages import Request, Response, StreamResponse, json_response
-from oxiserve.http.router import Router
 
 MAX_PROMPTS = 16
-
-
-def register(router: Router, state: AppState) -> None:
-    router.add("POST", "/v1/completions", functools.partial(create_completion, state))
 
 
 def read_prompts(body: dict[str, Any]) -> list[str]:
@@ -86,7 +81,7 @@ async def create_completion(state: AppState, request: Request) -> Response | Str
             result.text = echoes.get(result.index, "") + result.text
         return json_response(completion_object(completion_id, created, model, results, sampling))
     encoder = CompletionChunkEncoder(completion_id, created, model, echoes)
-    return await start_stream(state.engine, requests, encoder, sampling, state.config)
+    return await start_stream(state, requests, encoder, sampling)
 
 
 def check_echo_budget(requests: Sequence[GenerationRequest], limit: int) -> None:
@@ -141,9 +136,6 @@ def legacy_logprobs(logprobs: Sequence[TokenLogprob], offset: int = 0) -> dict[s
     }
 
 
-_PLACEHOLDER = "\x00oxiserve\x00"
-
-
 class CompletionChunkEncoder:
     """text_completion stream frames (the legacy API streams the same object shape)."""
 
@@ -154,24 +146,17 @@ class CompletionChunkEncoder:
             "id": completion_id, "object": "text_completion", "created": created, "model": model,
         }  # fmt: skip
         self._echoes = echoes
-        self._templates: dict[int, tuple[bytes, bytes]] = {}
+        self._templates = TextTemplates(self._frame)
 
     def _frame(self, index: int, text: str, finish: str | None = None, **extra: Any) -> bytes:
         choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish, **extra}
         return sse.data_frame(orjson.dumps({**self._base, "choices": [choice]}))
 
     def text_template(self, index: int) -> tuple[bytes, bytes]:
-        template = self._templates.get(index)
-        if template is None:
-            prefix, _, suffix = self._frame(index, _PLACEHOLDER).partition(
-                orjson.dumps(_PLACEHOLDER)
-            )
-            template = self._templates[index] = (prefix, suffix)
-        return template
+        return self._templates.get(index)
 
     def text(self, index: int, text: str) -> bytes:
-        prefix, suffix = self.text_template(index)
-        return prefix + orjson.dumps(text) + suffix
+        return self._templates.text(index, text)
 
     def open(self, index: int) -> bytes | None:
         echo = self._echoes.get(index)
@@ -192,3 +177,6 @@ class CompletionChunkEncoder:
 
     def error(self, error: APIError) -> bytes:
         return sse.data_frame(error.encode())
+
+
+ROUTES = [Route("POST", "/v1/completions", create_completion)]

@@ -13,13 +13,13 @@ from typing import Any
 import orjson
 
 from oxiserve.api import params
+from oxiserve.api.routes import Route
 from oxiserve.api.sampling import engine_headers
+from oxiserve.api.shapes import api_error
 from oxiserve.api.state import AppState
-from oxiserve.api.streaming import api_error
 from oxiserve.engine.base import Engine, EngineError
 from oxiserve.errors import InvalidRequest
 from oxiserve.http.messages import BodyWriter, Request, Response, StreamResponse
-from oxiserve.http.router import Router
 
 MAX_INPUTS = 2048  # OpenAI's limits: inputs per request,
 MAX_INPUT_TOKENS = 8192  # tokens per input,
@@ -30,10 +30,6 @@ MAX_FLOATS = 2**21  # inputs x dimensions per request: bounds the response (~40 
 # before counting, so counting a 10 MB string never runs on the event loop.
 _MAX_INPUT_CHARS = MAX_INPUT_TOKENS * 32
 _SLICE_FLOATS = 65536  # numbers computed and encoded at a time (about 1.4 MB of JSON)
-
-
-def register(router: Router, state: AppState) -> None:
-    router.add("POST", "/v1/embeddings", functools.partial(create_embeddings, state))
 
 
 def read_inputs(body: dict[str, Any], count_tokens: Callable[[str], int]) -> tuple[list[str], int]:
@@ -183,3 +179,6 @@ def _encode(vector: list[float], encoding: str) -> list[float] | str:
     if encoding == "float":
         return vector
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+ROUTES = [Route("POST", "/v1/embeddings", create_embeddings)]

@@ -1,4 +1,4 @@
-"""What every endpoint handler shares: the config and the engine."""
+"""What every endpoint handler shares: the config, the engine and the job supervisor."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from oxiserve.config import Config
 from oxiserve.engine.base import Engine, ModelInfo
 from oxiserve.errors import ModelNotFound
+from oxiserve.jobs import JobSupervisor
 
 
 @dataclass(slots=True)
 class AppState:
     config: Config
     engine: Engine
+    jobs: JobSupervisor = field(default_factory=JobSupervisor)
     started_at: float = field(default_factory=time.time)
 
     def model(self, model_id: str) -> ModelInfo:

@@ -18,9 +18,10 @@ from typing import Protocol
 import orjson
 
 from oxiserve.api.sampling import SamplingParams
+from oxiserve.api.shapes import api_error
+from oxiserve.api.state import AppState
 from oxiserve.api.stops import StopMatcher
 from oxiserve.broadcast import Topic
-from oxiserve.config import Config
 from oxiserve.engine.base import (
     Engine,
     EngineError,
@@ -33,6 +34,7 @@ from oxiserve.engine.base import (
 from oxiserve.errors import APIError, ServerError, error_for_status
 from oxiserve.http import sse
 from oxiserve.http.messages import BodyWriter, StreamResponse
+from oxiserve.jobs import Job
 
 log = logging.getLogger("oxiserve.api")
 
@@ -75,12 +77,6 @@ class ChoiceResult:
         self.usage = stream.usage
         self.tool_calls = list(stream.tool_calls)
         self.finish_reason = stream.finish_reason or "stop"
-
-
-def api_error(exc: EngineError) -> APIError:
-    return error_for_status(
-        exc.status, exc.message, code=exc.code or "engine_error", retry_after=exc.retry_after
-    )
 
 
 def total_usage(results: Sequence[ChoiceResult], per_prompt: int = 1) -> Usage:
@@ -173,9 +169,10 @@ async def collect_choice(
 class StreamJob:
     """One streamed generation: n engine streams publishing into one topic.
 
-    Created before generation starts, so its subscriber sees every frame.  An
-    engine failure before any frame is kept in ``error`` (answered as a plain
-    JSON error); after frames went out it becomes an in-stream error frame.
+    Created before generation starts, so its subscriber sees every frame; :meth:`run` is
+    the job the server's supervisor runs.  An engine failure before any frame is kept in
+    ``error`` (answered as a plain JSON error); after frames went out it becomes an
+    in-stream error frame.
     """
 
     def __init__(
@@ -206,7 +203,10 @@ class StreamJob:
         self._include_usage = include_usage
         self._done_frame = done_frame
         self._streaming = False  # True once the response head may have gone out
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        # What ends the stream if the job is cancelled with subscribers left (shutdown).
+        self.terminal = encoder.error(
+            error_for_status(503, "The server is shutting down; retry.", code="shutting_down")
+        )
 
     async def wait_started(self, timeout: float) -> None:
         """Wait for the first frame (or failure), at most ``timeout`` (0: no limit); raise a
@@ -224,18 +224,18 @@ class StreamJob:
         self._streaming = True  # from here on, failures go into the stream
 
     def response(
-        self, keepalive: float, headers: tuple[tuple[str, str], ...] = ()
+        self, job: Job, keepalive: float, headers: tuple[tuple[str, str], ...] = ()
     ) -> StreamResponse:
         async def produce(writer: BodyWriter) -> None:
             try:
                 await sse.pump(self.topic, writer, keepalive)
             finally:
-                if not self.task.done():
-                    self.task.cancel()  # the client left: stop generating now
+                job.release()  # the client left (or the stream ended): stop generating now
 
         return StreamResponse(produce, headers=sse.SSE_HEADERS + headers)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Generate every choice into the topic, then close it (the job's coroutine)."""
         topic, encoder = self.topic, self._encoder
         try:
             if len(self._requests) == 1:
@@ -247,9 +247,6 @@ class StreamJob:
             if self._include_usage:
                 topic.publish(encoder.usage(total_usage(self.results, self._per_prompt)))
             topic.close(self._done_frame)
-        except asyncio.CancelledError:
-            topic.close()
-            raise
         except EngineError as exc:
             self._fail(api_error(exc))
         except ExceptionGroup as group_error:
@@ -322,24 +319,27 @@ class StreamJob:
 
 
 async def start_stream(
-    engine: Engine,
+    state: AppState,
     requests: Sequence[GenerationRequest],
     encoder: ChunkEncoder,
     sampling: SamplingParams,
-    config: Config,
 ) -> StreamResponse:
-    """Start generating into a topic; answer once the first token (or an error) is there."""
-    job = StreamJob(
-        engine, requests, encoder,
+    """Start an attached job generating into a topic; answer once the first token (or an
+    error) is there.  A cancelled job's topic is closed by the supervisor (with the
+    stream's terminal error frame, if anyone still listens)."""
+    config = state.config
+    stream = StreamJob(
+        state.engine, requests, encoder,
         stops=sampling.stop, include_usage=sampling.include_usage,
         capacity=config.stream_buffer, per_prompt=sampling.n,
     )  # fmt: skip
+    job = state.jobs.start(stream.run(), stream.topic, terminal=stream.terminal)
     try:
-        await job.wait_started(config.sse_keepalive)
+        await stream.wait_started(config.sse_keepalive)
     except BaseException:
-        job.task.cancel()
+        job.cancel()
         raise
-    return job.response(config.sse_keepalive)
+    return stream.response(job, config.sse_keepalive)
 
 
 class _LogprobIndex:
