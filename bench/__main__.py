@@ -11,8 +11,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from bench.catalog import OXISERVE, SCENARIOS, SERVERS
-from bench.compare import FULL, QUICK, Sizes, compare, default_servers
+from bench.catalog import LOOPS, OXISERVE, SCENARIOS, SERVERS, installed_loops
+from bench.compare import FULL, QUICK, ServerResult, Sizes, compare, default_servers
 from bench.compare_report import goal_lines, render_markdown, render_terminal
 from bench.load import LoadSpec
 from bench.meta import envelope
@@ -34,6 +34,25 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
     return value
+
+
+def _loops(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in LOOPS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"comma-separated names of {', '.join(LOOPS)}")
+    return names
+
+
+def _servers_loops(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loops",
+        type=_loops,
+        default=None,
+        metavar="LOOP[,LOOP]",
+        help="server event loops, one comparison each with every server on it"
+        f" (default: {','.join(LOOPS)}, those installed)",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +129,11 @@ def _run_parser(sub: Any) -> None:
         p.add_argument(flag, type=float, help="passed to a locally started oxiserve")
     p.add_argument("--sim-failure-kind", help="passed to a locally started oxiserve")
     p.add_argument("--burst", action="store_true", help="start a peer in --burst mode")
+    p.add_argument(
+        "--server-loop",
+        choices=LOOPS,
+        help="event loop of the started server (default: its own; oxiserve: auto, peers: asyncio)",
+    )
     p.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
     _common(p)
 
@@ -121,6 +145,7 @@ def _compare_parser(sub: Any) -> None:
     p.add_argument("--servers", nargs="+", choices=sorted(SERVERS), help="default: all")
     p.add_argument("--burst", action="store_true", help="peers stream without yielding")
     p.add_argument("--no-footprint", dest="footprint", action="store_false")
+    _servers_loops(p)
     _common(p)
 
 
@@ -128,6 +153,7 @@ def _footprint_parser(sub: Any) -> None:
     p = sub.add_parser("footprint", help="cold start, RSS and import time of each server")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--servers", nargs="+", choices=sorted(SERVERS), help="default: all")
+    _servers_loops(p)
     _common(p)
 
 
@@ -167,6 +193,8 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         extra = sim + extra
     elif args.burst:
         extra = ("--burst", *extra)
+    if args.server_loop:
+        extra = ("--loop", args.server_loop, *extra)
     return RunOptions(
         scenario=args.scenario,
         url=args.url,
@@ -194,6 +222,43 @@ def _context(kind: str, pinning: Pinning, burst: bool = False) -> dict[str, Any]
     return envelope(kind) | {"pinning": pinning.note, "client_loop": loop, "burst": burst}
 
 
+def _run_doc(loop: str, results: list[ServerResult], sizes: Sizes) -> dict[str, Any]:
+    return {
+        "loop": loop,
+        "servers": {r.spec.key: r.to_dict() for r in results},
+        "goals": goal_lines(results, sizes),
+    }
+
+
+async def _compare_loops(
+    args: argparse.Namespace,
+    sizes: Sizes,
+    pinning: Pinning,
+    *,
+    loads: bool,
+    footprint: bool,
+    burst: bool = False,
+) -> dict[str, list[ServerResult]]:
+    """One comparison per server loop, in the order asked."""
+    runs = {}
+    for loop in args.loops or installed_loops():
+        print(f"-- every server on the {loop} loop --", file=sys.stderr, flush=True)
+        runs[loop] = await compare(
+            default_servers(args.servers),
+            sizes,
+            pinning=pinning,
+            burst=burst,
+            loads=loads,
+            footprint=footprint,
+            loop=loop,
+        )
+    return runs
+
+
+def _failed(runs: dict[str, list[ServerResult]]) -> bool:
+    return any(r.failure for run in runs.values() for r in run)
+
+
 async def _compare(args: argparse.Namespace) -> int:
     sizes = QUICK if args.quick else FULL
     if args.duration:
@@ -201,41 +266,38 @@ async def _compare(args: argparse.Namespace) -> int:
     pinning = Pinning.plan(args.pin)
     pinning.pin_client()
     started = time.perf_counter()
-    results = await compare(
-        default_servers(args.servers),
-        sizes,
-        pinning=pinning,
-        burst=args.burst,
-        footprint=args.footprint,
+    runs = await _compare_loops(
+        args, sizes, pinning, loads=True, footprint=args.footprint, burst=args.burst
     )
     context = _context("compare", pinning, args.burst)
     doc = context | {
         "quick": args.quick,
         "sizes": asdict(sizes),
-        "servers": {r.spec.key: r.to_dict() for r in results},
-        "goals": goal_lines(results, sizes),
+        "runs": [_run_doc(loop, run, sizes) for loop, run in runs.items()],
         "elapsed_s": time.perf_counter() - started,
     }
     path = write_result(doc, "compare", args.results_dir)
-    print(render_terminal(results, sizes, context))
+    print(render_terminal(list(runs.values()), sizes, context))
     print("\nMarkdown (for the README):\n")
-    print(render_markdown(results, sizes, context))
+    print(render_markdown(list(runs.values()), sizes, context))
     print(f"\nresult: {path} ({doc['elapsed_s']:.0f} s)")
-    return 1 if any(r.failure for r in results) else 0
+    return 1 if _failed(runs) else 0
 
 
 async def _footprint(args: argparse.Namespace) -> int:
     sizes: Sizes = QUICK if args.quick else FULL
     pinning = Pinning.plan(args.pin)
     pinning.pin_client()
-    servers = default_servers(args.servers)
-    results = await compare(servers, sizes, pinning=pinning, footprint=True, loads=False)
+    runs = await _compare_loops(args, sizes, pinning, loads=False, footprint=True)
     context = _context("footprint", pinning)
-    doc = context | {"sizes": asdict(sizes), "servers": {r.spec.key: r.to_dict() for r in results}}
+    doc = context | {
+        "sizes": asdict(sizes),
+        "runs": [_run_doc(loop, run, sizes) for loop, run in runs.items()],
+    }
     path = write_result(doc, "footprint", args.results_dir)
-    print(render_terminal(results, sizes, context))
+    print(render_terminal(list(runs.values()), sizes, context))
     print(f"\nresult: {path}")
-    return 1 if any(r.failure for r in results) else 0
+    return 1 if _failed(runs) else 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from dataclasses import dataclass
 
 from bench.assistants import Fanout, RunsStream
+from bench.peers.common import LOOPS as LOOPS  # every server here takes --loop NAME
 from bench.scenarios import (
     Chat,
     ChatStream,
@@ -29,9 +31,15 @@ _ALL: tuple[type[Scenario], ...] = (
 SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in _ALL}
 
 
+def installed_loops() -> tuple[str, ...]:
+    """The ``LOOPS`` (every server here takes ``--loop NAME``) this machine has."""
+    return tuple(n for n in LOOPS if n == "asyncio" or importlib.util.find_spec(n) is not None)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSpec:
-    """A server the harness starts as a subprocess (it prints ``... listening on URL``)."""
+    """A server the harness starts as a subprocess (it prints ``... listening on URL``, and
+    ``loop=NAME`` after it; it takes ``--loop NAME`` for each name of ``LOOPS``)."""
 
     key: str
     label: str
@@ -39,23 +47,24 @@ class ServerSpec:
     args: tuple[str, ...] = ()
     peer: bool = True  # peers take --burst and serve only /health and chat completions
 
-    def argv(self, extra: tuple[str, ...] = ()) -> list[str]:
+    def argv(self, extra: tuple[str, ...] = (), loop: str | None = None) -> list[str]:
+        """The command line; ``loop`` None leaves the server's own default loop."""
         host_port = ("--host", "127.0.0.1", "--port", "0")
-        return [sys.executable, "-m", self.module, *host_port, *self.args, *extra]
+        on = ("--loop", loop) if loop is not None else ()
+        return [sys.executable, "-m", self.module, *host_port, *self.args, *on, *extra]
 
 
 OXISERVE = ServerSpec(
     "oxiserve",
-    "oxiserve (asyncio loop)",
     "oxiserve",
-    # The asyncio loop, as aiohttp and the raw peer run on (--loop auto would pick uvloop).
-    ("--log-level", "warning", "--no-access-log", "--sim-mode", "lorem", "--loop", "asyncio"),
+    "oxiserve",
+    ("--log-level", "warning", "--no-access-log", "--sim-mode", "lorem"),
     peer=False,
 )
 PEERS = (
     ServerSpec(
         "fastapi-sse",
-        "FastAPI + sse-starlette (uvicorn, uvloop, httptools)",
+        "FastAPI + sse-starlette (uvicorn, httptools)",
         "bench.peers.fastapi_peer",
     ),
     ServerSpec("aiohttp", "aiohttp", "bench.peers.aiohttp_peer"),

@@ -1,5 +1,6 @@
-"""The ``compare`` command: oxiserve and every peer, one after another, under identical load;
-absolute figures plus ratios oxiserve / peer, checked against the project's goals."""
+"""The ``compare`` command: oxiserve and every peer, one after another, under identical load
+and on the same event loop; absolute figures plus ratios oxiserve / peer, checked against the
+project's goals."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from bench.catalog import OXISERVE, PEERS, SCENARIOS, SERVERS, ServerSpec
 from bench.footprint import Footprint, measure_footprint
 from bench.load import LoadSpec, run_load
-from bench.procs import Pinning, ServerProcess
+from bench.procs import Pinning, ServerProcess, check_loop
 from bench.scenarios import Target, Workload
 from bench.stats import Summary
 
@@ -145,6 +146,7 @@ class ServerResult:
     summaries: dict[str, Summary]
     footprint: Footprint | None = None
     failure: str | None = None
+    loop: str | None = None  # the event loop it ran on (None: its default)
 
     @property
     def figures(self) -> dict[str, Any]:
@@ -153,6 +155,7 @@ class ServerResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.spec.label,
+            "loop": self.loop,
             "failure": self.failure,
             "figures": self.figures,
             "client_bound": [k for k, s in self.summaries.items() if client_bound(s)],
@@ -166,11 +169,17 @@ Log = Callable[[str], None]
 
 
 async def measure_load(
-    spec: ServerSpec, sizes: Sizes, pinning: Pinning, extra: tuple[str, ...], log: Log
+    spec: ServerSpec,
+    sizes: Sizes,
+    pinning: Pinning,
+    extra: tuple[str, ...],
+    log: Log,
+    loop: str | None = None,
 ) -> dict[str, Summary]:
-    """Start ``spec`` once and run every load measurement against it."""
+    """Start ``spec`` once (on ``loop``) and run every load measurement against it."""
     summaries: dict[str, Summary] = {}
-    async with ServerProcess(spec.argv(extra), cpu=pinning.server_cpu) as server:
+    async with ServerProcess(spec.argv(extra, loop), cpu=pinning.server_cpu) as server:
+        check_loop(server, loop)
         target = Target.parse(server.url)
         for m in measurements(sizes):
             workload = Workload(max_tokens=m.max_tokens, include_usage=False)
@@ -201,18 +210,20 @@ async def compare(
     burst: bool = False,
     loads: bool = True,
     footprint: bool = True,
+    loop: str | None = None,
     log: Log | None = None,
 ) -> list[ServerResult]:
-    """Measure each server in turn; a server that fails is reported, not fatal."""
+    """Measure each server in turn, all on ``loop`` (None: each on its default loop); a
+    server that fails (or runs on another loop) is reported, not fatal."""
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     results = []
     for spec in servers:
         extra = ("--burst",) if burst and spec.peer else ()
-        result = ServerResult(spec, {})
-        say(f"{spec.label}:")
+        result = ServerResult(spec, {}, loop=loop)
+        say(f"{spec.label}" + (f" ({loop} loop):" if loop else ":"))
         try:
             if loads:
-                result.summaries = await measure_load(spec, sizes, pinning, extra, say)
+                result.summaries = await measure_load(spec, sizes, pinning, extra, say, loop)
             if footprint:
                 say("  footprint ...")
                 result.footprint = await measure_footprint(
@@ -222,6 +233,7 @@ async def compare(
                     connections=sizes.idle_connections,
                     import_runs=sizes.import_runs,
                     cpu=pinning.server_cpu,
+                    loop=loop,
                 )
         except Exception as exc:  # one broken server must not hide the others' figures
             result.failure = f"{type(exc).__name__}: {exc}"

@@ -13,7 +13,7 @@ from time import perf_counter
 
 from bench.catalog import ServerSpec
 from bench.client import HTTPConnection, build_request
-from bench.procs import REPO_ROOT, ServerProcess
+from bench.procs import REPO_ROOT, ServerProcess, check_loop
 
 MB = 1024 * 1024
 
@@ -135,9 +135,11 @@ async def measure_footprint(
     connections: int = 1000,
     import_runs: int = 3,
     cpu: int | None = None,
+    loop: str | None = None,
 ) -> Footprint:
     """Cold start (min of ``runs``), idle RSS and RSS with ``connections`` idle keep-alive
-    connections (on the last run's process), and import time of the server's module."""
+    connections (on the last run's process), and import time of the server's module; the
+    server runs on ``loop`` (None: its default)."""
     if runs < 1:
         raise ValueError("footprint needs at least one cold start")
     limit = raise_fd_limit(connections + 256)
@@ -145,9 +147,10 @@ async def measure_footprint(
     times: list[float] = []
     idle = opened = busy = 0
     for i in range(runs):
-        seconds, server = await cold_start(spec.argv(extra_args), cpu)
+        seconds, server = await cold_start(spec.argv(extra_args, loop), cpu)
         times.append(seconds * 1e3)
         try:
+            check_loop(server, loop)
             if i == runs - 1:
                 idle = server.rss_bytes()
                 if connections:

@@ -16,6 +16,7 @@ from types import TracebackType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(rb"listening on http://(\[[^\]]+\]|[^:/\s]+):(\d+)")
+READY_LOOP = re.compile(rb"\bloop=(\w+)")  # oxiserve and the peers name their loop
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -69,6 +70,13 @@ def rss_bytes(pid: int) -> int:
     raise ValueError(f"no VmRSS for pid {pid}")
 
 
+def check_loop(server: ServerProcess, loop: str | None) -> None:
+    """Raise unless ``server`` announced it runs on ``loop`` (None: any loop will do)."""
+    if loop is not None and server.loop != loop:
+        actual = f"the {server.loop} loop" if server.loop else "a loop it does not name"
+        raise ServerStartError(f"{' '.join(server.argv)} runs on {actual}, not on {loop}")
+
+
 class ServerProcess:
     """A server subprocess started from ``argv`` that announces ``listening on http://H:P``.
 
@@ -85,6 +93,7 @@ class ServerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.host = ""
         self.port = 0
+        self.loop: str | None = None  # the event loop its ready line names, if it names one
         self.pinned = False
         self.tail: deque[str] = deque(maxlen=40)
         self._drain: asyncio.Task[None] | None = None
@@ -147,6 +156,8 @@ class ServerProcess:
             if match:
                 self.host = match.group(1).decode().strip("[]")
                 self.port = int(match.group(2))
+                loop = READY_LOOP.search(line, match.end())
+                self.loop = loop.group(1).decode() if loop else None
                 return
 
     def _failure(self, what: str) -> str:

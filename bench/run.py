@@ -59,7 +59,13 @@ def server_info(opts: RunOptions, server: ServerProcess | None) -> dict[str, Any
     if server is None:
         return {"started_by_bench": False}
     spec = SERVERS[opts.server]
-    return {"started_by_bench": True, "key": spec.key, "label": spec.label, "argv": server.argv}
+    return {
+        "started_by_bench": True,
+        "key": spec.key,
+        "label": spec.label,
+        "argv": server.argv,
+        "loop": server.loop,  # as its ready line names it
+    }
 
 
 async def run_benchmark(opts: RunOptions, pinning: Pinning | None = None) -> RunReport:

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.__main__ import main as bench_main
-from bench.catalog import OXISERVE, PEERS, SCENARIOS, SERVERS
+from bench.catalog import LOOPS, OXISERVE, PEERS, SCENARIOS, SERVERS, ServerSpec
 from bench.client import (
     ChunkedDecoder,
     HTTPConnection,
@@ -35,7 +35,7 @@ from bench.compare_report import render_markdown, render_terminal
 from bench.footprint import measure_footprint
 from bench.load import LoadSpec
 from bench.peers.raw_peer import RawHTTP
-from bench.procs import Pinning, ServerProcess
+from bench.procs import Pinning, ServerProcess, ServerStartError, check_loop
 from bench.run import RunOptions, RunReport, run_benchmark
 from bench.scenarios import Workload
 from bench.stats import Distribution, RequestResult, percentile, summarize
@@ -264,6 +264,8 @@ def test_cli_run_starts_oxiserve_and_measures_its_cpu(tmp_path: Path) -> None:
         "--no-pin",
         "--loop",
         "asyncio",
+        "--server-loop",
+        "uvloop",
         "--results-dir",
         str(tmp_path),
     ]
@@ -271,6 +273,8 @@ def test_cli_run_starts_oxiserve_and_measures_its_cpu(tmp_path: Path) -> None:
     [path] = tmp_path.glob("*-chat-stream.json")
     doc = json.loads(path.read_text())
     assert doc["server"]["started_by_bench"] is True
+    assert doc["server"]["loop"] == "uvloop"
+    assert doc["client_loop"] == "asyncio"
     assert doc["pinning"] == "not pinned (disabled)"
     summary = doc["summary"]
     assert (summary["ok"], summary["tokens"]) == (5, 20)
@@ -411,11 +415,15 @@ def test_summarize_counts_errors_and_rates() -> None:
 # -- peers and the comparison ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("key", [p.key for p in PEERS])
-async def test_peer_serves_health_and_streams_tokens(tmp_path: Path, key: str) -> None:
+async def test_peer_serves_health_and_streams_tokens(tmp_path: Path, key: str, loop: str) -> None:
     spec = SERVERS[key]
     pytest.importorskip({"fastapi-sse": "sse_starlette", "aiohttp": "aiohttp"}.get(key, "orjson"))
-    async with asyncio.timeout(TIMEOUT), ServerProcess(spec.argv()) as server:
+    pytest.importorskip(loop)
+    async with asyncio.timeout(TIMEOUT), ServerProcess(spec.argv(loop=loop)) as server:
+        # the ready line names the loop the peer runs on, read from the running loop
+        assert server.loop == loop
         health = await bench(server.url, "health", tmp_path, load=LoadSpec(requests=1))
         stream = await bench(server.url, "chat-stream", tmp_path, max_tokens=5)
         chat = await bench(server.url, "chat", tmp_path, max_tokens=5)
@@ -438,33 +446,104 @@ def _tiny_sizes() -> Sizes:
     )
 
 
-async def test_compare_renders_ratios_for_every_server() -> None:
+async def test_peer_default_loop_is_asyncio_and_a_wrong_loop_is_caught() -> None:
+    raw = SERVERS["raw"]
+    async with asyncio.timeout(TIMEOUT), ServerProcess(raw.argv()) as server:
+        assert server.loop == "asyncio"
+        check_loop(server, "asyncio")
+        check_loop(server, None)
+        with pytest.raises(ServerStartError, match="runs on the asyncio loop, not on uvloop"):
+            check_loop(server, "uvloop")
+
+
+async def test_compare_on_both_loops_renders_a_table_per_loop() -> None:
+    pytest.importorskip("uvloop")
     sizes = _tiny_sizes()
     raw = SERVERS["raw"]
-    async with asyncio.timeout(TIMEOUT * 2):
-        results = await compare(
-            [OXISERVE, raw],
-            sizes,
-            pinning=Pinning.plan(enabled=False),
-            footprint=False,
-            log=lambda line: None,
-        )
-    assert [r.failure for r in results] == [None, None]
-    for result in results:
-        figures = result.figures
-        assert figures["events_per_s_32"] > 0
-        assert figures["health_rps"] > 0
-        assert result.summaries["stream_1"].tokens % 40 == 0
-        assert all(not s.errors for s in result.summaries.values())
+    runs = []
+    async with asyncio.timeout(TIMEOUT * 4):
+        for loop in LOOPS:
+            runs.append(
+                await compare(
+                    [OXISERVE, raw],
+                    sizes,
+                    pinning=Pinning.plan(enabled=False),
+                    footprint=False,
+                    loop=loop,
+                    log=lambda line: None,
+                )
+            )
+    for loop, results in zip(LOOPS, runs, strict=True):
+        assert [(r.failure, r.loop) for r in results] == [(None, loop), (None, loop)]
+        for result in results:
+            figures = result.figures
+            assert figures["events_per_s_32"] > 0
+            assert figures["health_rps"] > 0
+            assert result.summaries["stream_1"].tokens % 40 == 0
+            assert all(not s.errors for s in result.summaries.values())
+            assert result.to_dict()["loop"] == loop
     context = {"pinning": "not pinned", "client_loop": "asyncio", "machine": {}}
-    text = render_terminal(results, sizes, context)
-    markdown = render_markdown(results, sizes, context)
+    text = render_terminal(runs, sizes, context)
+    markdown = render_markdown(runs, sizes, context)
     assert "streamed events/s, 3 streams" in text
     assert "x)" in text
-    assert "goals:" in text
-    assert "oxiserve / naive raw asyncio.Protocol" in text
-    assert markdown.startswith("| ")
-    assert markdown.count("\n|") >= 8
+    assert text.count("goals:") == 2
+    assert text.count("oxiserve / naive raw asyncio.Protocol") >= 2
+    # one table per loop, in order, each naming its loop in its heading and top-left cell
+    headings = [
+        f"Every server on the {loop} event loop (started with --loop {loop})" for loop in LOOPS
+    ]
+    assert text.index(headings[0]) < text.index(headings[1])
+    tables = markdown.split("**Every server on the ")[1:]
+    assert [t.split(" ", 1)[0] for t in tables] == list(LOOPS)
+    for loop, table in zip(LOOPS, tables, strict=True):
+        assert f"\n| {loop} loop | oxiserve | naive raw asyncio.Protocol |\n" in table
+        assert table.count("\n|") >= 8
+    assert markdown.count("Measured on") == 1
+    assert "One comparison per server loop (asyncio, uvloop)" in markdown
+
+
+async def test_compare_reports_a_server_that_fails_to_start() -> None:
+    # a peer that exits at once: reported in its column, the other server still measured
+    broken = ServerSpec("broken", "broken peer", "bench.peers.raw_peer", ("--port", "-1"))
+    async with asyncio.timeout(TIMEOUT * 2):
+        results = await compare(
+            [OXISERVE, broken],
+            _tiny_sizes(),
+            pinning=Pinning.plan(enabled=False),
+            footprint=False,
+            loop="asyncio",
+            log=lambda line: None,
+        )
+    assert results[0].failure is None
+    assert results[1].failure is not None
+    assert "failed" in render_terminal(
+        [results], _tiny_sizes(), {"pinning": "-", "client_loop": "-"}
+    )
+
+
+def test_cli_footprint_on_both_loops_writes_one_document(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("uvloop")
+    argv = ["footprint", "--quick", "--servers", "raw", "--loops", "uvloop,asyncio"]
+    argv += ["--no-pin", "--loop", "asyncio", "--results-dir", str(tmp_path)]
+    assert bench_main(argv) == 0
+    [path] = tmp_path.glob("*-footprint.json")
+    doc = json.loads(path.read_text())
+    assert [run["loop"] for run in doc["runs"]] == ["uvloop", "asyncio"]
+    for run in doc["runs"]:
+        raw = run["servers"]["raw"]
+        assert (raw["loop"], raw["failure"]) == (run["loop"], None)
+        assert raw["figures"]["cold_start_ms"] > 0
+    out = capsys.readouterr().out
+    assert out.index("on the uvloop event loop") < out.index("on the asyncio event loop")
+
+
+def test_cli_rejects_unknown_loops(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench_main(["compare", "--loops", "asyncio,trio"])
+    assert "comma-separated names of asyncio, uvloop" in capsys.readouterr().err
 
 
 async def test_footprint_of_a_peer() -> None:

@@ -1,11 +1,12 @@
 """Peer: aiohttp's web server, streaming through ``StreamResponse.write``.
 
-python -m bench.peers.aiohttp_peer --port 0 [--burst]
+python -m bench.peers.aiohttp_peer --port 0 [--burst] [--loop asyncio|uvloop]
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from aiohttp import web
 
@@ -15,7 +16,9 @@ from bench.peers.common import (
     announce,
     chat_completion,
     listening_socket,
+    loop_factory,
     parse_args,
+    run_on,
     sse_frames,
 )
 
@@ -44,10 +47,8 @@ def create_app(burst: bool) -> web.Application:
     return app
 
 
-async def main() -> None:
-    args = parse_args(__doc__ or "")
-    sock = listening_socket(args.host, args.port)
-    runner = web.AppRunner(create_app(args.burst), access_log=None)
+async def serve(burst: bool, sock: socket.socket) -> None:
+    runner = web.AppRunner(create_app(burst), access_log=None)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     announce("aiohttp-peer", sock)
@@ -57,5 +58,10 @@ async def main() -> None:
         await runner.cleanup()
 
 
+def main() -> None:
+    args = parse_args(__doc__ or "")
+    run_on(loop_factory(args.loop), serve(args.burst, listening_socket(args.host, args.port)))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -1,10 +1,12 @@
-"""Peer: FastAPI with sse-starlette's EventSourceResponse on uvicorn (uvloop, httptools).
+"""Peer: FastAPI with sse-starlette's EventSourceResponse on uvicorn (httptools), on the
+loop chosen with ``--loop`` (uvicorn's own loop setting makes it).
 
-python -m bench.peers.fastapi_peer --port 0 [--burst]
+python -m bench.peers.fastapi_peer --port 0 [--burst] [--loop asyncio|uvloop]
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 
 import uvicorn
@@ -18,6 +20,7 @@ from bench.peers.common import (
     chat_payloads,
     listening_socket,
     parse_args,
+    run_on,
 )
 
 
@@ -44,19 +47,26 @@ def create_app(burst: bool) -> FastAPI:
     return app
 
 
+async def serve(config: uvicorn.Config, sock: socket.socket) -> None:
+    announce("fastapi-peer", sock)
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+
 def main() -> None:
     args = parse_args(__doc__ or "")
     sock = listening_socket(args.host, args.port)
     config = uvicorn.Config(
         create_app(args.burst),
-        loop="uvloop",
+        loop=args.loop,
         http="httptools",
         lifespan="off",
         log_level="warning",
         access_log=False,
     )
-    announce("fastapi-peer", sock)
-    uvicorn.Server(config).run(sockets=[sock])
+    # What uvicorn.Server.run does, with the ready line printed on the loop it made.
+    factory = config.get_loop_factory()
+    assert factory is not None  # "asyncio" and "uvloop" both name a factory
+    run_on(factory, serve(config, sock))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Peer: a naive raw asyncio.Protocol with a hand-rolled HTTP/1.1 parser, one
 ``transport.write`` per streamed event (the pure-Python speed limit for this work).
 
-    python -m bench.peers.raw_peer --port 0 [--burst]
+    python -m bench.peers.raw_peer --port 0 [--burst] [--loop asyncio|uvloop]
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+from typing import cast
 
 from bench.peers.common import (
     HEALTH_BODY,
@@ -14,7 +16,9 @@ from bench.peers.common import (
     announce,
     chat_completion,
     listening_socket,
+    loop_factory,
     parse_args,
+    run_on,
     sse_frames,
 )
 
@@ -41,8 +45,8 @@ class RawHTTP(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCP transport has Transport's methods but not its class: cast, not assert
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -103,15 +107,18 @@ class RawHTTP(asyncio.Protocol):
         self.process()
 
 
-async def main() -> None:
-    args = parse_args(__doc__ or "")
-    sock = listening_socket(args.host, args.port)
+async def serve(burst: bool, sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: RawHTTP(args.burst), sock=sock)
+    server = await loop.create_server(lambda: RawHTTP(burst), sock=sock)
     announce("raw-peer", sock)
     async with server:
         await server.serve_forever()
 
 
+def main() -> None:
+    args = parse_args(__doc__ or "")
+    run_on(loop_factory(args.loop), serve(args.burst, listening_socket(args.host, args.port)))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
