@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import pytest
 from hypothesis import given, settings
@@ -19,8 +20,13 @@ from oxiserve.broadcast import (
     TopicStatistics,
     WouldBlock,
 )
+from oxiserve.broadcast.fanout import FanOut
+from oxiserve.broadcast.recovery import RecoveryLog
+from oxiserve.broadcast.ring import CONTROL, FrameRing
 
 TIMEOUT = 2.0
+MAX_YIELDS = 100
+_T = TypeVar("_T")
 
 
 def enc(key: int, text: str) -> bytes:
@@ -34,6 +40,37 @@ def make_topic(capacity: int = 8) -> Topic:
 def recorder() -> tuple[list[bytes], Callable[[bytes], None]]:
     calls: list[bytes] = []
     return calls, calls.append
+
+
+async def started(coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+    """``coro`` in a new task, returned once the task is blocked inside it.
+
+    The task sets an event, then runs ``coro`` on without a break until ``coro`` waits; only
+    then can this task, woken by the event, resume.
+    """
+    began = asyncio.Event()
+
+    async def run() -> _T:
+        began.set()
+        return await coro
+
+    task = asyncio.create_task(run())
+    await asyncio.wait_for(began.wait(), TIMEOUT)
+    return task
+
+
+async def wait_all_tasks_blocked() -> None:
+    """Return once no other task can run (each waits on something), as trio's helper does.
+
+    For checks that a task was *not* woken: there is no event to wait for then.  Yields one loop
+    iteration at a time until asyncio's run queue is empty, at most ``MAX_YIELDS`` times.
+    """
+    ready = cast(Any, asyncio.get_running_loop())._ready  # BaseEventLoop's run queue
+    for _ in range(MAX_YIELDS):
+        await asyncio.sleep(0)  # one iteration: every task ready before us runs once
+        if not ready:
+            return
+    raise AssertionError(f"tasks still runnable after {MAX_YIELDS} loop iterations")
 
 
 # --- construction -------------------------------------------------------------------------------
@@ -58,6 +95,168 @@ def test_capacity_rounds_up_to_power_of_two(asked: int, actual: int) -> None:
 def test_capacity_must_be_positive(capacity: int) -> None:
     with pytest.raises(ValueError, match="capacity"):
         Topic(capacity)
+
+
+def test_subscriber_has_no_public_constructor() -> None:
+    topic = make_topic()
+    with pytest.raises(TypeError, match="no public constructor"):
+        Subscriber(topic)
+    assert topic.statistics().subscribers == 0  # nothing counted, nothing to drive below zero
+    sub = topic.subscribe()
+    assert isinstance(sub, Subscriber)
+    sub.close()
+    sub.close()
+    assert topic.statistics().subscribers == 0
+
+
+# --- the ring, alone ----------------------------------------------------------------------------
+
+
+def test_ring_capacity_and_validation() -> None:
+    assert [FrameRing(n).capacity for n in (1, 2, 3, 4, 5)] == [2, 2, 4, 4, 8]
+    with pytest.raises(ValueError, match="capacity"):
+        FrameRing(0)
+
+
+def test_ring_wraps_around_and_holds_exactly_the_last_capacity_frames() -> None:
+    ring = FrameRing(4)
+    for seq in range(10):
+        ring.put(seq, f"F{seq}|".encode(), key=seq % 2, end=seq)
+    head = 10
+    assert (ring.holds(6, head), ring.holds(5, head)) == (True, False)
+    delivered: dict[int, int] = {}
+    assert ring.since(6, head, delivered) == [b"F6|", b"F7|", b"F8|", b"F9|"]  # a full ring
+    assert delivered == {0: 8, 1: 9}  # each key's length after its last frame read
+    assert ring.since(9, head, delivered) == [b"F9|"]
+    assert ring.since(7, head, {}) == [b"F7|", b"F8|", b"F9|"]  # wraps past slot 0
+    assert ring.since(head, head, delivered) == []  # at the head
+
+
+def test_ring_control_frames_leave_delivered_text_alone() -> None:
+    ring = FrameRing(2)
+    ring.put(0, b"T|", key=0, end=3)
+    ring.put(1, b"C|")
+    delivered = {0: 1}
+    assert ring.since(0, 2, delivered) == [b"T|", b"C|"]
+    assert delivered == {0: 3}
+    ring.put(2, b"D|", key=CONTROL)
+    assert ring.since(2, 3, delivered) == [b"D|"]
+    assert delivered == {0: 3}
+
+
+# --- the recovery log, alone --------------------------------------------------------------------
+
+
+def make_log() -> RecoveryLog:
+    log = RecoveryLog(encode_text=enc)
+    # frame 0: "He" (key 0), 1: C0, 2: "x" (key 1), 3: "llo" (key 0), 4: C1, 5: "y" (key 1)
+    assert log.add_text(0, "He") == 2
+    log.add_control(1, b"C0|")
+    assert log.add_text(1, "x") == 1
+    assert log.add_text(0, "llo") == 5
+    log.add_control(4, b"C1|")
+    assert log.add_text(1, "y") == 2
+    return log
+
+
+def test_log_accumulates_text_per_key() -> None:
+    log = make_log()
+    assert (log.text(0), log.text(1), log.text(2)) == ("Hello", "xy", "")
+    assert (log.length(0), log.length(1), log.length(2)) == (5, 2, 0)
+    log.add_text(0, "!")
+    assert log.text(0) == "Hello!"
+    with pytest.raises(ValueError, match="key"):
+        log.add_text(-1, "a")
+
+
+@pytest.mark.parametrize(
+    ("cursor", "delivered", "expected"),
+    [
+        (0, {}, [b"T0:He|", b"C0|", b"T0:llo|", b"T1:x|", b"C1|", b"T1:y|"]),
+        (1, {0: 2}, [b"C0|", b"T0:llo|", b"T1:x|", b"C1|", b"T1:y|"]),
+        (2, {0: 2}, [b"T0:llo|", b"T1:x|", b"C1|", b"T1:y|"]),  # C0 was read
+        (4, {0: 4, 1: 1}, [b"T0:o|", b"C1|", b"T1:y|"]),  # mid-piece: only the missing "o"
+        (5, {0: 5, 1: 1}, [b"T1:y|"]),
+        (6, {0: 5, 1: 2}, []),
+    ],
+)
+def test_log_recovers_exactly_the_missed_text_per_key(
+    cursor: int, delivered: dict[int, int], expected: list[bytes]
+) -> None:
+    log = make_log()
+    before = dict(delivered)
+    assert log.recover(cursor, delivered) == expected
+    assert delivered == before  # the reader's record is the caller's to advance
+
+
+def test_log_catch_up_encoder_gets_each_missed_text_with_its_offset() -> None:
+    calls: list[tuple[int, str, int]] = []
+
+    def catch_up(key: int, text: str, start: int) -> bytes:
+        calls.append((key, text, start))  # e.g. the logprobs of text[start:start + len]
+        return f"L{key}@{start}:{text}|".encode()
+
+    log = RecoveryLog(encode_text=enc, encode_catch_up=catch_up)
+    log.add_text(0, "ab")
+    log.add_text(1, "x")
+    log.add_control(2, b"C|")
+    log.add_text(0, "cd")
+    assert log.recover(0, {0: 1}) == [b"L0@1:b|", b"L1@0:x|", b"C|", b"L0@2:cd|"]
+    assert calls == [(0, "b", 1), (1, "x", 0), (0, "cd", 2)]
+
+
+def test_log_recovery_without_an_encoder_raises_only_if_text_is_missing() -> None:
+    log = RecoveryLog()
+    log.add_control(0, b"C|")
+    assert log.recover(0, {}) == [b"C|"]
+    log.add_text(0, "a")
+    with pytest.raises(RuntimeError, match="encode_text"):
+        log.recover(0, {})
+    assert log.recover(0, {0: 1}) == [b"C|"]
+
+
+# --- the fan-out, alone -------------------------------------------------------------------------
+
+
+def test_fanout_sends_to_every_member_in_attach_order() -> None:
+    fanout = FanOut()
+    calls: list[tuple[str, bytes]] = []
+    a, b = object(), object()
+    fanout.add(a, lambda data: calls.append(("a", data)))
+    fanout.add(b, lambda data: calls.append(("b", data)))
+    assert (len(fanout), a in fanout, object() in fanout) == (2, True, False)
+    with pytest.raises(RuntimeError, match="already"):
+        fanout.add(a, lambda data: None)
+    fanout.send(b"1")
+    fanout.remove(a)
+    fanout.send(b"2")
+    assert calls == [("a", b"1"), ("b", b"1"), ("b", b"2")]
+    assert a not in fanout
+
+
+def test_fanout_add_and_remove_during_send_take_effect_from_the_next_send() -> None:
+    fanout = FanOut()
+    calls: list[tuple[str, bytes]] = []
+    first, second, third, late = object(), object(), object(), object()
+
+    def record(name: str) -> Callable[[bytes], None]:
+        return lambda data: calls.append((name, data))
+
+    def first_sink(data: bytes) -> None:
+        calls.append(("first", data))
+        if data == b"1":
+            fanout.remove(first)  # itself, as pause_writing does from inside write
+            fanout.remove(third)  # one not called yet
+            fanout.add(late, record("late"))
+
+    fanout.add(first, first_sink)
+    fanout.add(second, record("second"))
+    fanout.add(third, record("third"))
+    fanout.send(b"1")
+    assert calls == [("first", b"1"), ("second", b"1"), ("third", b"1")]
+    calls.clear()
+    fanout.send(b"2")
+    assert calls == [("second", b"2"), ("late", b"2")]
 
 
 # --- receive ------------------------------------------------------------------------------------
@@ -232,6 +431,21 @@ def test_sink_may_detach_its_subscriber_mid_publish() -> None:
     assert paused.receive_nowait() == [b"T0:b|"]
 
 
+def test_sink_may_attach_another_subscriber_mid_publish_without_a_duplicate() -> None:
+    topic = make_topic()
+    first, joiner = topic.subscribe(), topic.subscribe()
+    joined, joiner_sink = recorder()
+
+    def joining_sink(data: bytes) -> None:
+        if not joiner.live:
+            joiner.attach(joiner_sink)
+
+    first.attach(joining_sink)
+    topic.publish_text("a")
+    topic.publish_text("b")
+    assert joined == [b"T0:a|", b"T0:b|"]  # "a" as its backlog, not again from the fan-out
+
+
 def test_sink_pausing_during_backlog_write_leaves_subscriber_detached_at_head() -> None:
     topic = make_topic()
     sub = topic.subscribe()
@@ -278,8 +492,7 @@ def test_close_frame_reaches_live_and_detached_subscribers() -> None:
 async def test_receive_waits_for_the_next_publish() -> None:
     topic = make_topic()
     sub = topic.subscribe()
-    task = asyncio.create_task(sub.receive())
-    await asyncio.sleep(0)  # let it block
+    task = await started(sub.receive())
     assert not task.done()
     topic.publish_text("a")
     topic.publish_text("b")
@@ -289,8 +502,7 @@ async def test_receive_waits_for_the_next_publish() -> None:
 async def test_receive_raises_end_of_topic_when_closed_while_waiting() -> None:
     topic = make_topic()
     sub = topic.subscribe()
-    task = asyncio.create_task(sub.receive())
-    await asyncio.sleep(0)
+    task = await started(sub.receive())
     topic.close()
     with pytest.raises(EndOfTopic):
         await asyncio.wait_for(task, TIMEOUT)
@@ -299,11 +511,11 @@ async def test_receive_raises_end_of_topic_when_closed_while_waiting() -> None:
 async def test_cancelled_receive_leaves_no_waiter_behind() -> None:
     topic = make_topic()
     sub = topic.subscribe()
-    task = asyncio.create_task(sub.receive())
-    await asyncio.sleep(0)
+    task = await started(sub.receive())
+    assert len(topic._waiters) == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
+        await asyncio.wait_for(task, TIMEOUT)
     assert topic._waiters == []
     topic.publish_text("a")
     assert await asyncio.wait_for(sub.receive(), TIMEOUT) == [b"T0:a|"]
@@ -312,8 +524,7 @@ async def test_cancelled_receive_leaves_no_waiter_behind() -> None:
 @pytest.mark.parametrize("close", [False, True])
 async def test_wait_first(close: bool) -> None:
     topic = make_topic()
-    task = asyncio.create_task(topic.wait_first())
-    await asyncio.sleep(0)
+    task = await started(topic.wait_first())
     assert not task.done()
     if close:
         topic.close()
@@ -327,10 +538,9 @@ async def test_wait_done_live_returns_at_close() -> None:
     topic = make_topic()
     sub = topic.subscribe()
     sub.attach(lambda data: None)
-    task = asyncio.create_task(sub.wait_done())
-    await asyncio.sleep(0)
+    task = await started(sub.wait_done())
     topic.publish_text("a")
-    await asyncio.sleep(0)
+    await wait_all_tasks_blocked()  # had the publish woken it, it would have run by now
     assert not task.done()
     assert topic._waiters == []  # a live stream's handler is not woken per publish
     topic.close(b"DONE|")
@@ -343,15 +553,14 @@ async def test_wait_done_detached_waits_for_catch_up() -> None:
     task = asyncio.create_task(sub.wait_done())
     topic.publish_text("a")
     topic.close(b"DONE|")
-    await asyncio.sleep(0)
+    await wait_all_tasks_blocked()
     assert not task.done()  # closed, but this subscriber has not read everything yet
     calls, sink = recorder()
     sub.attach(sink)
     await asyncio.wait_for(task, TIMEOUT)
     assert calls == [b"T0:a|DONE|"]
     other = topic.subscribe()
-    waiting = asyncio.create_task(other.wait_done())
-    await asyncio.sleep(0)
+    waiting = await started(other.wait_done())
     assert not waiting.done()
     assert other.receive_nowait() == [b"T0:a|", b"DONE|"]
     await asyncio.wait_for(waiting, TIMEOUT)
@@ -360,13 +569,26 @@ async def test_wait_done_detached_waits_for_catch_up() -> None:
 async def test_closing_a_subscriber_ends_its_waits() -> None:
     topic = make_topic()
     sub = topic.subscribe()
-    receiving = asyncio.create_task(sub.receive())
-    done = asyncio.create_task(sub.wait_done())
-    await asyncio.sleep(0)
+    receiving = await started(sub.receive())
+    done = await started(sub.wait_done())
     sub.close()
     with pytest.raises(EndOfTopic):
         await asyncio.wait_for(receiving, TIMEOUT)
     await asyncio.wait_for(done, TIMEOUT)
+
+
+async def test_wait_all_tasks_blocked_lets_ready_tasks_run_first() -> None:
+    steps: list[int] = []
+
+    async def hops(n: int) -> None:
+        for i in range(n):
+            steps.append(i)
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(hops(5))
+    await wait_all_tasks_blocked()
+    assert task.done()
+    assert steps == list(range(5))
 
 
 # --- subscribers and statistics -----------------------------------------------------------------
@@ -469,6 +691,31 @@ def test_second_lag_sends_only_text_missed_since_the_first() -> None:
     for text in "cde":  # key 1 is silent now: its delivered text must not be re-sent
         topic.publish_text(text)
     assert sub.receive_nowait() == Lagged(missed=3, frames=[b"T0:cde|"])
+
+
+def test_recovery_uses_the_catch_up_encoder_for_logprob_frames() -> None:
+    calls: list[tuple[int, str, int]] = []
+
+    def catch_up(key: int, text: str, start: int) -> bytes:
+        calls.append((key, text, start))
+        return f"L{key}@{start}:{text}|".encode()
+
+    topic = Topic(2, encode_text=enc, encode_catch_up=catch_up)
+    sub = topic.subscribe()
+    topic.publish_text("ab", frame=b"P0:ab|")  # a frame with logprobs: not encode_text's
+    assert sub.receive_nowait() == [b"P0:ab|"]
+    topic.publish_text("c", frame=b"P0:c|")
+    topic.publish(b"C0|")
+    topic.publish_text("x", key=1, frame=b"P1:x|")
+    topic.publish_text("de", frame=b"P0:de|")
+    assert sub.receive_nowait() == Lagged(
+        missed=4, frames=[b"L0@2:c|", b"C0|", b"L0@3:de|", b"L1@0:x|"]
+    )
+    assert calls == [(0, "c", 2), (0, "de", 3), (1, "x", 0)]
+    late = topic.subscribe()
+    late_calls, sink = recorder()
+    late.attach(sink)  # a late joiner's snapshot goes through the same encoder
+    assert late_calls == [b"L0@0:abc|C0|L0@3:de|L1@0:x|"]
 
 
 def test_recovery_without_encoder_raises_and_keeps_the_cursor() -> None:
