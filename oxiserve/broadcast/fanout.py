@@ -35,16 +35,18 @@ class FanOut:
         return len(self.members)
 
     def __contains__(self, member: object) -> bool:
-        return any(m is member for m in self.members)
+        return member in self.members
 
     def add(self, member: object, sink: Sink) -> None:
-        if member in self:
+        # Members are compared by identity: tuple's in/index try `is` first, and members
+        # (subscribers) define no __eq__.
+        if member in self.members:
             raise RuntimeError("already a live member of this fan-out")
         self.members = (*self.members, member)
         self.sinks = (*self.sinks, sink)
 
     def remove(self, member: object) -> None:
-        i = next(i for i, m in enumerate(self.members) if m is member)
+        i = self.members.index(member)
         self.members = self.members[:i] + self.members[i + 1 :]
         self.sinks = self.sinks[:i] + self.sinks[i + 1 :]
 
