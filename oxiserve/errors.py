@@ -1,6 +1,8 @@
 """APIError family: every failure a client sees, as an HTTP status plus OpenAI's error body.
 
-Handlers raise these; one place (the connection) turns them into responses.
+Handlers raise these; one place (the connection) turns them into responses through the
+two hooks at the end, :func:`render_error` and :func:`error_response`, which the server
+hands to ``http/`` (which knows no OpenAI shapes).
 The body shape is OpenAI's: ``{"error": {"message", "type", "param", "code"}}``.
 """
 
@@ -9,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
+from oxiserve.http.messages import Headers, HTTPError
 
 
 class APIError(Exception):
@@ -120,3 +124,17 @@ def error_for_status(
         seconds = max(1, round(retry_after))
         error.headers = (("retry-after", str(seconds)),)
     return error
+
+
+def render_error(status: int, message: str, code: str | None) -> bytes:
+    """The body of an error the http layer answers itself (404, 405, 500, protocol errors)."""
+    return error_for_status(status, message, code=code).encode()
+
+
+def error_response(exc: Exception) -> tuple[int, bytes, Headers] | None:
+    """A handler's exception as (status, body, headers); None for one no handler meant."""
+    if isinstance(exc, APIError):
+        return exc.status, exc.encode(), exc.headers
+    if isinstance(exc, HTTPError):  # e.g. Request.json() on a body that is not JSON
+        return exc.status, InvalidRequest(exc.message, code=exc.code).encode(), ()
+    return None

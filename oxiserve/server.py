@@ -21,6 +21,7 @@ from oxiserve.api import build_router
 from oxiserve.api.state import AppState
 from oxiserve.config import Config
 from oxiserve.engine.base import Engine
+from oxiserve.errors import error_response, render_error
 from oxiserve.http.connection import Connection
 from oxiserve.http.context import ServerContext
 
@@ -65,7 +66,10 @@ class Server:
         loop = asyncio.get_running_loop()
         engine = self._engine or create_engine(self.config)
         self.state = AppState(self.config, engine)
-        ctx = self._ctx = ServerContext(self.config, build_router(self.state), loop)
+        ctx = self._ctx = ServerContext(
+            self.config, build_router(self.state), loop,
+            render_error=render_error, error_response=error_response,
+        )  # fmt: skip
         self._server = await loop.create_server(
             lambda: Connection(ctx), self.config.host, self.config.port, backlog=2048
         )

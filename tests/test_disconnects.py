@@ -14,6 +14,7 @@ from oxiserve import Config
 from oxiserve.api import build_router
 from oxiserve.api.state import AppState
 from oxiserve.engine.sim import SimEngine
+from oxiserve.errors import error_response, render_error
 from oxiserve.http.connection import Connection, Phase
 from oxiserve.http.context import ServerContext
 from tests.conftest import RawClient, in_flight, running, wait_until
@@ -58,7 +59,10 @@ class DyingTransport(asyncio.Transport):
 def _context(**overrides: object) -> ServerContext:
     config = Config(**overrides)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
-    return ServerContext(config, build_router(AppState(config, SimEngine(config))), loop)
+    router = build_router(AppState(config, SimEngine(config)))
+    return ServerContext(
+        config, router, loop, render_error=render_error, error_response=error_response
+    )
 
 
 async def test_a_408_to_a_vanished_client_neither_raises_nor_stops_the_sweep() -> None:

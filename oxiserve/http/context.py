@@ -1,4 +1,7 @@
-"""Per-server state shared by its connections: config, router, registry, timeout sweep."""
+"""Per-server state shared by its connections: config, router, registry, timeout sweep.
+
+It implements ``contracts.Host`` and knows its connections only as ``contracts.Sweepable``.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +10,41 @@ import contextlib
 import itertools
 import logging
 import os
-from typing import TYPE_CHECKING
 
 import h11
 
 from oxiserve.config import Config
 from oxiserve.http.budget import WriteBudget
+from oxiserve.http.contracts import ErrorResponse, RenderError, Sweepable
 from oxiserve.http.cors import CorsPolicy
+from oxiserve.http.phases import resolve
 from oxiserve.http.router import Router
-
-if TYPE_CHECKING:
-    from oxiserve.http.connection import Connection
 
 log = logging.getLogger("oxiserve.http")
 
 
 class ServerContext:
-    """Everything a Connection needs from its server; one per Server instance."""
+    """Everything a Connection needs from its server; one per Server instance.
 
-    def __init__(self, config: Config, router: Router, loop: asyncio.AbstractEventLoop) -> None:
+    ``render_error`` and ``error_response`` give error bodies the application's shape.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        render_error: RenderError,
+        error_response: ErrorResponse,
+    ) -> None:
         self.config = config
         self.router = router
         self.loop = loop
-        self.connections: set[Connection] = set()
+        self.render_error = render_error
+        self.error_response = error_response
+        self.phase_moves = resolve(config)
+        self.connections: set[Sweepable] = set()
         self.closing = False
         self.access_log = config.access_log and logging.getLogger("oxiserve.access").isEnabledFor(
             logging.INFO
@@ -52,13 +67,13 @@ class ServerContext:
     def new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):06x}"
 
-    def admit(self, conn: Connection) -> bool:
+    def admit(self, conn: Sweepable) -> bool:
         if self.closing or len(self.connections) >= self.config.max_connections:
             return False
         self.connections.add(conn)
         return True
 
-    def release(self, conn: Connection) -> None:
+    def release(self, conn: Sweepable) -> None:
         self.connections.discard(conn)
         if not self.connections and self._drained is not None:
             self._drained.set()

@@ -8,9 +8,20 @@ from typing import Any, Protocol
 
 import orjson
 
-from oxiserve.errors import InvalidRequest
-
 Headers = tuple[tuple[str, str], ...]
+
+
+class HTTPError(Exception):
+    """A refusal the http layer answers itself (``status``; the app renders the body).
+
+    The application's ``error_response`` hook sees it first and may answer it its own way.
+    """
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
 
 
 @dataclass(slots=True)
@@ -33,11 +44,11 @@ class Request:
     def json(self) -> Any:
         """The body parsed as JSON; 400 with a clear message when it is not."""
         if not self.body:
-            raise InvalidRequest("The request body is empty; expected a JSON object.")
+            raise HTTPError(400, "The request body is empty; expected a JSON object.")
         try:
             return orjson.loads(self.body)
         except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+            raise HTTPError(400, f"The request body is not valid JSON: {exc}") from None
 
 
 @dataclass(slots=True)
