@@ -121,6 +121,8 @@ def wants_keep_alive(head: h11.Request, fields: dict[str, str]) -> bool:
 
 
 def check_trailers(end: h11.EndOfMessage) -> None:
+    if not end.headers:  # nearly every request: no trailers, no list built
+        return
     for name, _ in header_items(end):
         if name in _FORBIDDEN_TRAILERS:
             raise Rejected(400, f"Forbidden trailer field {name.decode('latin-1')}.")

@@ -18,6 +18,7 @@ import h11
 from oxiserve.http import wire
 from oxiserve.http.contracts import Host
 from oxiserve.http.messages import Headers, HTTPError, Request, Response, StreamResponse
+from oxiserve.http.phases import Phase
 from oxiserve.http.writer import PIECE, ChunkedWriter
 
 log = logging.getLogger("oxiserve.http")
@@ -29,6 +30,7 @@ class Owner(Protocol):
 
     ctx: Host
     transport: asyncio.Transport | None
+    phase: Phase
 
     @property
     def closed(self) -> bool: ...
@@ -100,7 +102,7 @@ class Cycle:
 
     def send(self, conn: Owner, response: Response) -> None:
         transport, request, ctx = conn.transport, self.request, conn.ctx
-        if transport is None or request is None or conn.closed:
+        if transport is None or request is None or conn.phase is Phase.CLOSED:
             return
         close = not self.keep_alive or ctx.closing
         body = response.body
