@@ -12,6 +12,7 @@ Several servers can run in one process; nothing is global.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -24,6 +25,7 @@ from oxiserve.engine.base import Engine
 from oxiserve.errors import error_response, render_error
 from oxiserve.http.connection import Connection
 from oxiserve.http.context import ServerContext
+from oxiserve.jobs import JobSupervisor
 
 log = logging.getLogger("oxiserve")
 
@@ -65,7 +67,7 @@ class Server:
             raise RuntimeError("server already started")
         loop = asyncio.get_running_loop()
         engine = self._engine or create_engine(self.config)
-        self.state = AppState(self.config, engine)
+        self.state = AppState(self.config, engine, JobSupervisor(self.config.job_retention))
         ctx = self._ctx = ServerContext(
             self.config, build_router(self.state), loop,
             render_error=render_error, error_response=error_response,
@@ -78,7 +80,8 @@ class Server:
         ctx.start_sweeping()
 
     async def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``timeout``), then close."""
+        """Stop accepting; let in-flight requests and running jobs finish (up to ``timeout``);
+        then cancel the jobs (their streams end with a terminal event) and close."""
         server, ctx = self._server, self._ctx
         if server is None or ctx is None:
             return
@@ -88,15 +91,22 @@ class Server:
         for conn in list(ctx.connections):
             conn.shutdown()
         limit = self.config.shutdown_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
         try:
             await asyncio.wait_for(ctx.drained(), limit)
         except TimeoutError:
             log.warning("shutdown timeout: closing %d busy connections", len(ctx.connections))
+        if self.state is not None:
+            await self.state.jobs.shutdown(max(0.0, deadline - loop.time()))
+            if ctx.connections:  # streams whose jobs were cancelled now end: let them go out
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ctx.drained(), 0.2)
         for conn in list(ctx.connections):
             conn.abort()
-        # Let aborted connections run connection_lost (cancels their handlers).
-        for _ in range(3):
-            await asyncio.sleep(0)
+        # Aborted connections run connection_lost (it cancels their handlers) soon after.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.drained(), 1.0)
         ctx.stop_sweeping()
         await server.wait_closed()
         if self.state is not None:
