@@ -105,8 +105,7 @@ async def test_a_failing_job_is_logged_once_and_ends_nothing_else(
     bad = jobs.start(broken(), bad_topic, terminal=TERMINAL)
     good = jobs.start(frames(good_topic, gate, 1), good_topic)
     with caplog.at_level(logging.ERROR, logger="oxiserve.jobs"):
-        await wait_until(lambda: bad.done)
-        await asyncio.sleep(0)  # the done callback runs on the next iteration (the behaviour)
+        await wait_until(lambda: bad_topic.closed)  # the supervisor's done callback ran
     assert [r.getMessage() for r in caplog.records].count(f"job {bad.id} failed") == 1
     assert bad_topic.closed  # with its terminal frame: a reader is not left waiting
     assert b"".join(bad_topic.subscribe().receive_nowait()) == TERMINAL  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 import orjson
 import pytest
 
+from oxiserve import Server
 from oxiserve.engine.sim import SimEngine
 from oxiserve.http.writer import PIECE
 from tests.conftest import (
@@ -17,6 +18,7 @@ from tests.conftest import (
     read_chunked,
     running,
     shrink_server_send_buffer,
+    wait_all_tasks_blocked,
     wait_until,
 )
 
@@ -56,6 +58,13 @@ def _not_reading(server_port: int) -> socket.socket:
     return sock
 
 
+async def settled_buffer(server: Server) -> int:
+    """What the server buffers once nothing moves any more: its clients read nothing, so the
+    buffers only grow until every writer waits; the settled size is the peak."""
+    await wait_all_tasks_blocked()
+    return server.context.buffered_bytes()
+
+
 BIG_EMBEDDINGS = {"model": MODEL, "input": [f"text {i}" for i in range(256)], "dimensions": 8192}
 
 
@@ -69,10 +78,7 @@ async def test_a_large_embeddings_answer_is_made_as_the_client_reads_it() -> Non
         loop = asyncio.get_running_loop()
         await loop.sock_sendall(sock, _post("/v1/embeddings", BIG_EMBEDDINGS))
         await wait_until(lambda: engine.embedded > 0)
-        peak = 0
-        for _ in range(20):  # the client reads nothing for a while
-            await asyncio.sleep(0.01)  # the behaviour under test is what time does not bring
-            peak = max(peak, server.context.buffered_bytes())
+        peak = await settled_buffer(server)  # the client reads nothing: everything stops
         made_while_stalled = engine.embedded
         # ~45 MB of JSON: the server made a few slices, not the whole answer, and holds
         # at most the buffer limit plus one piece for this client.
@@ -115,10 +121,7 @@ async def test_the_server_wide_budget_bounds_what_all_slow_readers_hold() -> Non
             for sock in socks:
                 await loop.sock_sendall(sock, _post("/v1/embeddings", BIG_EMBEDDINGS))
             await wait_until(lambda: server.context.budget.waiting > 0)
-            peak = 0
-            for _ in range(20):
-                await asyncio.sleep(0.01)  # the behaviour under test is what time does not bring
-                peak = max(peak, server.context.buffered_bytes())
+            peak = await settled_buffer(server)
         finally:
             for sock in socks:
                 sock.close()
@@ -134,11 +137,8 @@ async def test_a_large_json_body_waits_for_a_slow_reader_then_arrives_whole() ->
         request = {"model": MODEL, "input": [f"x{i}" for i in range(80)], "dimensions": 800}
         await shrink_server_send_buffer(server)  # the kernel must not take it all at once
         await loop.sock_sendall(sock, _post("/v1/embeddings", request))  # ~1.4 MB, one slice
-        peak = 0
-        for _ in range(10):
-            await asyncio.sleep(0.01)  # the behaviour under test is what time does not bring
-            peak = max(peak, server.context.buffered_bytes())
-        assert peak <= 32 * 1024 + 2 * PIECE
+        await wait_until(lambda: server.context.buffered_bytes() > 0)
+        assert await settled_buffer(server) <= 32 * 1024 + 2 * PIECE
         reader, writer = await asyncio.open_connection(sock=sock)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
