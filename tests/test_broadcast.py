@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -23,9 +23,9 @@ from oxiserve.broadcast import (
 from oxiserve.broadcast.fanout import FanOut
 from oxiserve.broadcast.recovery import RecoveryLog
 from oxiserve.broadcast.ring import CONTROL, FrameRing
+from tests.conftest import wait_all_tasks_blocked
 
 TIMEOUT = 2.0
-MAX_YIELDS = 100
 _T = TypeVar("_T")
 
 
@@ -57,20 +57,6 @@ async def started(coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
     task = asyncio.create_task(run())
     await asyncio.wait_for(began.wait(), TIMEOUT)
     return task
-
-
-async def wait_all_tasks_blocked() -> None:
-    """Return once no other task can run (each waits on something), as trio's helper does.
-
-    For checks that a task was *not* woken: there is no event to wait for then.  Yields one loop
-    iteration at a time until asyncio's run queue is empty, at most ``MAX_YIELDS`` times.
-    """
-    ready = cast(Any, asyncio.get_running_loop())._ready  # BaseEventLoop's run queue
-    for _ in range(MAX_YIELDS):
-        await asyncio.sleep(0)  # one iteration: every task ready before us runs once
-        if not ready:
-            return
-    raise AssertionError(f"tasks still runnable after {MAX_YIELDS} loop iterations")
 
 
 # --- construction -------------------------------------------------------------------------------
@@ -575,20 +561,6 @@ async def test_closing_a_subscriber_ends_its_waits() -> None:
     with pytest.raises(EndOfTopic):
         await asyncio.wait_for(receiving, TIMEOUT)
     await asyncio.wait_for(done, TIMEOUT)
-
-
-async def test_wait_all_tasks_blocked_lets_ready_tasks_run_first() -> None:
-    steps: list[int] = []
-
-    async def hops(n: int) -> None:
-        for i in range(n):
-            steps.append(i)
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(hops(5))
-    await wait_all_tasks_blocked()
-    assert task.done()
-    assert steps == list(range(5))
 
 
 # --- subscribers and statistics -----------------------------------------------------------------
