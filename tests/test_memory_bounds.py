@@ -210,3 +210,30 @@ async def test_several_prompts_each_count_once_in_usage() -> None:
             assert usage["prompt_tokens"] == 2 * single  # two prompts, not one, not six
             assert usage["completion_tokens"] == 2 * 3 * 2
         await client.close()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "code"),
+    [
+        pytest.param([7] * 4_000_000, "context_length_exceeded", id="8MB-token-ids"),
+        pytest.param([[1, 2], [7] * 200_000], "context_length_exceeded", id="one-long-array"),
+        pytest.param(["a", [1, 2]], None, id="mixed"),
+        pytest.param(["p"] * 17, None, id="too-many-prompts"),
+        pytest.param([1, -2], None, id="negative-id"),
+    ],
+)
+async def test_completion_prompts_beyond_the_limits_are_400(
+    prompt: object, code: str | None
+) -> None:
+    async with running() as server:
+        client = await RawClient.connect(server)
+        await client.send(
+            _post("/v1/completions", {"model": MODEL, "prompt": prompt, "max_tokens": 1})
+        )
+        status, _, body = await client.read_response(timeout=10)
+        await client.close()
+    assert status == 400
+    error = orjson.loads(body)["error"]
+    assert error["param"] == "prompt"
+    if code is not None:
+        assert error["code"] == code

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from oxiserve.api import params
+from oxiserve.api.inputs import input_items, item_text
 from oxiserve.api.routes import Route
 from oxiserve.api.sampling import (
     SamplingParams,
@@ -29,36 +30,26 @@ from oxiserve.http.messages import Request, Response, StreamResponse, json_respo
 MAX_PROMPTS = 16
 
 
-def read_prompts(body: dict[str, Any]) -> list[str]:
-    """``prompt``: a string, a list of strings, a token-id list, or a list of token-id lists."""
-    raw = body.get("prompt")
-    if raw is None:
-        raise params.missing("prompt")
-    if isinstance(raw, str):
-        return [raw]
-    if isinstance(raw, list) and raw:
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in raw):
-            return [" ".join(map(str, raw))]
-        if all(isinstance(p, str) for p in raw):
-            prompts = list(raw)
-        elif all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in raw):
-            prompts = [" ".join(map(str, p)) for p in raw]
-        else:
-            prompts = []
-        if len(prompts) > MAX_PROMPTS:
-            raise InvalidRequest(f"At most {MAX_PROMPTS} prompts per request.", param="prompt")
-        if prompts:
-            return prompts
-    raise InvalidRequest(
-        "Invalid 'prompt': expected a string, an array of strings, or token-id arrays.",
-        param="prompt",
-    )
+def read_prompts(body: dict[str, Any], max_ids: int) -> list[str]:
+    """``prompt``: a string, a list of strings, a token-id list, or a list of token-id lists
+    (each at most ``max_ids`` ids, checked before any per-id work)."""
+    items, listed = input_items(body, "prompt", MAX_PROMPTS)
+    if listed and any(isinstance(p, str) for p in items) != all(isinstance(p, str) for p in items):
+        raise InvalidRequest(
+            "Invalid 'prompt': expected a string, an array of strings, or token-id arrays "
+            "(not a mix).",
+            param="prompt",
+        )
+    return [
+        item_text(item, f"prompt[{i}]" if listed else "prompt", "prompt", max_ids)
+        for i, item in enumerate(items)
+    ]
 
 
 async def create_completion(state: AppState, request: Request) -> Response | StreamResponse:
     body = params.require_object(request.json())
     model = state.model(params.get_str(body, "model")).id
-    prompts = read_prompts(body)
+    prompts = read_prompts(body, state.config.max_tokens_limit)
     sampling = read_sampling(body, state.config.max_tokens_limit, chat=False)
     check_budget(sampling, len(prompts), state.config.max_tokens_limit)
     echo = params.get_bool(body, "echo")

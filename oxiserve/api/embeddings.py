@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from oxiserve.api import params
+from oxiserve.api.inputs import input_items, item_text
 from oxiserve.api.routes import Route
 from oxiserve.api.sampling import engine_headers
 from oxiserve.api.shapes import api_error
@@ -33,33 +34,22 @@ _SLICE_FLOATS = 65536  # numbers computed and encoded at a time (about 1.4 MB of
 
 
 def read_inputs(body: dict[str, Any], count_tokens: Callable[[str], int]) -> tuple[list[str], int]:
-    """The inputs as texts (token-id arrays joined with spaces) and their token count.
-
-    Sizes are checked before any per-element work, so a 10 MB array of token ids is refused
-    as fast as it was parsed.
-    """
-    raw = body.get("input")
-    if raw is None:
-        raise params.missing("input")
-    if isinstance(raw, str):
-        items: list[Any] = [raw]
-    elif isinstance(raw, list) and raw and _is_token(raw[0]):
-        items = [raw]  # one token-id array
-    elif isinstance(raw, list):
-        items = raw
-    else:
-        raise InvalidRequest(
-            "Invalid 'input': expected a string, an array of strings or token-id arrays.",
-            param="input",
-        )
-    if not items:
-        raise InvalidRequest("'input' must not be empty.", param="input")
-    if len(items) > MAX_INPUTS:
-        raise InvalidRequest(f"'input' may hold at most {MAX_INPUTS} items.", param="input")
+    """The inputs as texts and their token count, within OpenAI's limits (per input and per
+    request), each checked before the work it bounds."""
+    items, listed = input_items(body, "input", MAX_INPUTS)
     texts, total = [], 0
     for i, item in enumerate(items):
-        where = "input" if items is not raw else f"input[{i}]"
-        text, tokens = _read_input(item, where, count_tokens)
+        where = f"input[{i}]" if listed else "input"
+        if isinstance(item, str) and len(item) > _MAX_INPUT_CHARS:
+            text, tokens = item, MAX_INPUT_TOKENS + 1  # refused without counting 10 MB
+        else:
+            text = item_text(item, where, "input", MAX_INPUT_TOKENS)
+            tokens = len(item) if isinstance(item, list) else count_tokens(text)
+        if tokens > MAX_INPUT_TOKENS:
+            raise InvalidRequest(
+                f"Invalid '{where}': an input may hold at most {MAX_INPUT_TOKENS} tokens.",
+                param="input", code="context_length_exceeded",
+            )  # fmt: skip
         total += tokens
         if total > MAX_REQUEST_TOKENS:
             raise InvalidRequest(
@@ -69,34 +59,6 @@ def read_inputs(body: dict[str, Any], count_tokens: Callable[[str], int]) -> tup
             )  # fmt: skip
         texts.append(text)
     return texts, total
-
-
-def _read_input(item: Any, where: str, count_tokens: Callable[[str], int]) -> tuple[str, int]:
-    if isinstance(item, str) and item:
-        tokens = MAX_INPUT_TOKENS + 1 if len(item) > _MAX_INPUT_CHARS else count_tokens(item)
-        text = item
-    elif isinstance(item, list) and item:
-        tokens = len(item)
-        if tokens <= MAX_INPUT_TOKENS and not all(map(_is_token, item)):
-            raise InvalidRequest(
-                f"Invalid '{where}': token ids must be non-negative integers.", param="input"
-            )
-        text = " ".join(map(str, item)) if tokens <= MAX_INPUT_TOKENS else ""
-    else:
-        raise InvalidRequest(
-            f"Invalid '{where}': expected a non-empty string or token-id array.",
-            param="input",
-        )
-    if tokens > MAX_INPUT_TOKENS:
-        raise InvalidRequest(
-            f"Invalid '{where}': an input may hold at most {MAX_INPUT_TOKENS} tokens.",
-            param="input", code="context_length_exceeded",
-        )  # fmt: skip
-    return text, tokens
-
-
-def _is_token(value: Any) -> bool:
-    return type(value) is int and value >= 0
 
 
 async def create_embeddings(state: AppState, request: Request) -> Response | StreamResponse:
