@@ -13,6 +13,7 @@ import pytest
 from oxiserve import Config, Server
 from oxiserve.engine.base import EngineError, GenerationRequest, Usage
 from oxiserve.engine.sim import SimEngine
+from oxiserve.http.phases import Phase
 from tests.conftest import (
     RawClient,
     in_flight,
@@ -218,7 +219,7 @@ async def test_stalled_connection_outlives_the_keepalive_timeout() -> None:
         client.writer.transport.pause_reading()
         count = 4000  # ~1.3 MB of answers: more than the kernel buffers hold
         await client.send(b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n" * count)
-        await wait_until(lambda: conn._stalled)
+        await wait_until(lambda: conn.phase is Phase.STALLED)
         await asyncio.sleep(0.6)  # not reading for 3x the keep-alive timeout: the behaviour
         client.writer.transport.resume_reading()
         for _ in range(count):

@@ -392,12 +392,6 @@ class Connection(asyncio.Protocol):
         return self._write_paused
 
     @property
-    def stalled(self) -> bool:
-        return self.phase is Phase.STALLED
-
-    _stalled = stalled  # the name tests/test_abuse.py knew the flag by
-
-    @property
     def buffered(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport else 0
 
