@@ -116,16 +116,22 @@ async def test_json_schema_overrides_every_sim_mode() -> None:
         jsonschema.validate(json.loads(content), SCHEMA)
 
 
-async def test_parse_helper_returns_a_validated_strict_model(client: openai.AsyncOpenAI) -> None:
-    strict = to_strict_json_schema(City)
+async def assert_parse_validates(client: openai.AsyncOpenAI, model: type[BaseModel]) -> None:
+    """parse() gives an instance of ``model`` for several seeds, its content valid against the
+    strict schema (closed objects, every property required)."""
+    strict = to_strict_json_schema(model)
     for seed in range(5):
         result = await client.chat.completions.parse(
-            model=MODEL, messages=USER, response_format=City, seed=seed
+            model=MODEL, messages=USER, response_format=model, seed=seed
         )
         message = result.choices[0].message
-        assert isinstance(message.parsed, City)
+        assert isinstance(message.parsed, model)
         assert message.content is not None
-        jsonschema.validate(json.loads(message.content), strict)  # closed, all required
+        jsonschema.validate(json.loads(message.content), strict)
+
+
+async def test_parse_helper_returns_a_validated_strict_model(client: openai.AsyncOpenAI) -> None:
+    await assert_parse_validates(client, City)
 
 
 class TreeNode(BaseModel):
@@ -137,15 +143,7 @@ class TreeNode(BaseModel):
 async def test_a_recursive_strict_model_ends_its_recursion_with_null(
     client: openai.AsyncOpenAI,
 ) -> None:
-    strict = to_strict_json_schema(TreeNode)
-    for seed in range(5):
-        result = await client.chat.completions.parse(
-            model=MODEL, messages=USER, response_format=TreeNode, seed=seed
-        )
-        message = result.choices[0].message
-        assert isinstance(message.parsed, TreeNode)
-        assert message.content is not None
-        jsonschema.validate(json.loads(message.content), strict)
+    await assert_parse_validates(client, TreeNode)
 
 
 async def test_stream_helper_returns_a_validated_model(client: openai.AsyncOpenAI) -> None:
