@@ -165,6 +165,17 @@ async def _simple_get() -> Recording:
     return conn
 
 
+async def _memoized_head() -> Recording:
+    conn, transport = open_connection(make_context())
+    conn.data_received(GET)  # h11 parses it; the head is memoized
+    conn.data_received(GET)  # taken from the memo: straight to HANDLING
+    assert responses(bytes(transport.written)) == [200, 200]
+    assert conn.moves[-3:] == [
+        (Phase.IDLE, Phase.HEADERS), (Phase.HEADERS, Phase.HANDLING), (Phase.HANDLING, Phase.IDLE),
+    ]  # fmt: skip
+    return conn
+
+
 async def _refused_at_connect() -> Recording:
     ctx = make_context()
     ctx.closing = True  # admit() refuses
@@ -277,6 +288,7 @@ SCENARIOS: dict[Move, Callable[[], Awaitable[Recording]]] = {
     (Phase.IDLE, Phase.LINGER): _refused_at_connect,
     (Phase.IDLE, Phase.CLOSED): _keepalive_timeout,
     (Phase.HEADERS, Phase.BODY): _simple_get,
+    (Phase.HEADERS, Phase.HANDLING): _memoized_head,
     (Phase.HEADERS, Phase.LINGER): _bad_request_line,
     (Phase.HEADERS, Phase.CLOSED): _lost_in_headers,
     (Phase.BODY, Phase.HANDLING): _simple_get,

@@ -16,6 +16,7 @@ test keeps the two equal).  A new connection's first IDLE is timed by header_tim
         --close--> CLOSED
     HEADERS (deadline: header_timeout)
         --request head--> BODY
+        --a whole request, its head memoized--> HANDLING
         --refused--> LINGER
         --close--> CLOSED
     BODY (deadline: body_timeout)
@@ -64,6 +65,7 @@ from oxiserve.http.checks import (
 )
 from oxiserve.http.contracts import Host
 from oxiserve.http.cycle import Cycle, error
+from oxiserve.http.heads import Head, Probe, probe
 from oxiserve.http.messages import AnyResponse, Request, Response
 from oxiserve.http.phases import Phase, PhaseError
 from oxiserve.http.router import Match, MethodMismatch
@@ -82,7 +84,7 @@ class Connection(asyncio.Protocol):
         self._clock = ctx.loop.time
         self.phase = Phase.IDLE
         self.deadline = self._clock() + ctx.config.header_timeout
-        self._parser = ctx.new_parser()
+        self._parser: h11.Connection | None = None  # made when a request needs parsing
         self._cycle = Cycle()
         self._backlog = bytearray()
         self._reading_paused = False
@@ -136,7 +138,9 @@ class Connection(asyncio.Protocol):
         """
         cycle = self._cycle
         if cycle.line_ok:
-            self._parser.receive_data(data)
+            self._parser_for().receive_data(data)
+            return True
+        if not cycle.line and self._recall(cycle, data):
             return True
         start = (cycle.line + data).lstrip(b"\r\n")
         limit = self.ctx.config.max_header_bytes
@@ -149,7 +153,28 @@ class Connection(asyncio.Protocol):
             cycle.line = start
             return False
         cycle.line, cycle.line_ok = b"", True  # h11 judges the rest (and an overlong line)
-        self._parser.receive_data(start)
+        self._parser_for().receive_data(start)
+        return True
+
+    def _parser_for(self) -> h11.Connection:
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = self.ctx.new_parser()
+        return parser
+
+    def _recall(self, cycle: Cycle, data: bytes) -> bool:
+        """Whether ``data`` starts with a whole request whose head is memoized (``heads``):
+        then ``_parse`` takes it without h11.  Otherwise, when it holds a whole request, the
+        probe stays with the cycle so that h11's parse of it can be memoized."""
+        memo = self.ctx.heads
+        found = probe(data, memo.max_head)
+        if found is None or len(data) < found.end:
+            return False
+        cycle.probe, cycle.after = found, len(data) - found.end
+        head = memo.get(found.key)
+        if head is None or found.length > self.ctx.config.max_body_bytes:
+            return False
+        cycle.recalled, cycle.data = head, data
         return True
 
     def eof_received(self) -> bool:
@@ -160,7 +185,7 @@ class Connection(asyncio.Protocol):
         if task is not None and not task.done():
             task.cancel()
         if self.phase is Phase.HEADERS or self.phase is Phase.BODY:
-            self._parser.receive_data(b"")
+            self._parser_for().receive_data(b"")
             self._parse()
         self._close()
         return False
@@ -200,7 +225,11 @@ class Connection(asyncio.Protocol):
         self._in_parse = True
         try:
             while self.phase is Phase.HEADERS or self.phase is Phase.BODY:
-                event = self._parser.next_event()
+                recalled = self._cycle.recalled
+                if recalled is not None:
+                    self._take(self._cycle, recalled)
+                    continue
+                event = self._parser_for().next_event()
                 kind = type(event)
                 if kind is h11.Request:
                     self._on_head(event)  # type: ignore[arg-type]
@@ -227,7 +256,7 @@ class Connection(asyncio.Protocol):
         cycle.keep_alive = wants_keep_alive(head, fields)
         self._enter(Phase.BODY)
         cycle.started = self.deadline - config.body_timeout  # when BODY began: one clock read
-        if self._parser.they_are_waiting_for_100_continue and self.transport is not None:
+        if self._parser_for().they_are_waiting_for_100_continue and self.transport is not None:
             self.transport.write(wire.CONTINUE)
 
     def _on_body(self, data: bytes | bytearray) -> None:
@@ -254,6 +283,45 @@ class Connection(asyncio.Protocol):
         request = cycle.request = Request(
             head.method.decode("ascii"), path, query, headers, body, request_id,
             head.http_version.decode("ascii"),
+        )  # fmt: skip
+        if cycle.probe is not None:
+            self._memoize(cycle, cycle.probe, request)
+        self._dispatch(cycle, request)
+
+    def _memoize(self, cycle: Cycle, found: Probe, request: Request) -> None:
+        """Keep what h11 and the checks made of this head, if h11 read exactly the head and
+        body ``found`` describes (see ``heads``)."""
+        fields = cycle.fields
+        assert self._parser is not None
+        leftover, _ = self._parser.trailing_data
+        if (
+            len(leftover) != cycle.after
+            or cycle.body_size != max(found.length, 0)
+            or fields.get("content-length") != (found.digits or None)
+            or "transfer-encoding" in fields
+            or "expect" in fields
+        ):
+            return
+        self.ctx.heads.put(found.key, Head(
+            request.method, request.path, request.query_string, request.http_version, fields,
+            cycle.keep_alive, client_request_id(fields),
+        ))  # fmt: skip
+
+    def _take(self, cycle: Cycle, head: Head) -> None:
+        """A request whose head h11 parsed before, all of it in ``cycle.data``."""
+        found, data = cycle.probe, cycle.data
+        assert found is not None
+        cycle.recalled = None
+        fields = dict(head.fields)
+        if found.length >= 0:
+            fields["content-length"] = found.digits
+        end = found.end
+        cycle.fields, cycle.keep_alive, cycle.rest = fields, head.keep_alive, data[end:]
+        self._enter(Phase.HANDLING)
+        cycle.started = self._clock()
+        request = cycle.request = Request(
+            head.method, head.path, head.query, fields, data[found.head_end : end],
+            head.request_id or self.ctx.new_id(), head.http_version,
         )  # fmt: skip
         self._dispatch(cycle, request)
 
@@ -300,7 +368,11 @@ class Connection(asyncio.Protocol):
         cycle = self._cycle
         cycle.log_access(self.ctx, cycle.status)
         self._cycle = Cycle()
-        leftover, _ = self._parser.trailing_data
+        if cycle.rest is not None:  # taken from the memo: h11 saw none of it
+            leftover = cycle.rest
+        else:
+            assert self._parser is not None
+            leftover, _ = self._parser.trailing_data
         pending = leftover + bytes(self._backlog) if self._backlog else leftover
         if close:
             self._close()
@@ -316,7 +388,7 @@ class Connection(asyncio.Protocol):
 
     def _continue(self, pending: bytes) -> None:
         """Start the next request with the bytes already received."""
-        self._parser = self.ctx.new_parser()
+        self._parser = None
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()

@@ -17,6 +17,7 @@ from oxiserve.config import Config
 from oxiserve.http.budget import WriteBudget
 from oxiserve.http.contracts import ErrorResponse, RenderError, Sweepable
 from oxiserve.http.cors import CorsPolicy
+from oxiserve.http.heads import HeadMemo
 from oxiserve.http.phases import resolve
 from oxiserve.http.router import Router
 
@@ -44,6 +45,7 @@ class ServerContext:
         self.render_error = render_error
         self.error_response = error_response
         self.phase_moves = resolve(config)
+        self.heads = HeadMemo(config.max_header_bytes)
         self.connections: set[Sweepable] = set()
         self.closing = False
         self.access_log = config.access_log and logging.getLogger("oxiserve.access").isEnabledFor(

@@ -19,6 +19,7 @@ import h11
 from oxiserve.config import Config
 from oxiserve.http.budget import WriteBudget
 from oxiserve.http.cors import CorsPolicy
+from oxiserve.http.heads import HeadMemo
 from oxiserve.http.messages import Headers
 from oxiserve.http.phases import Moves
 from oxiserve.http.router import Router
@@ -56,6 +57,7 @@ class Host(Protocol):
     allow_all: str
     budget: WriteBudget
     phase_moves: Moves
+    heads: HeadMemo
     render_error: RenderError
     error_response: ErrorResponse
 

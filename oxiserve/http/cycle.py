@@ -17,6 +17,7 @@ import h11
 
 from oxiserve.http import wire
 from oxiserve.http.contracts import Host
+from oxiserve.http.heads import Head, Probe
 from oxiserve.http.messages import Headers, HTTPError, Request, Response, StreamResponse
 from oxiserve.http.phases import Phase
 from oxiserve.http.writer import PIECE, ChunkedWriter
@@ -45,8 +46,8 @@ class Cycle:
     """Per-request state: from the first byte of a request until its response is written."""
 
     __slots__ = (
-        "body", "body_size", "fields", "head", "keep_alive", "line", "line_ok",
-        "request", "sent", "started", "status", "task", "writer",
+        "after", "body", "body_size", "data", "fields", "head", "keep_alive", "line", "line_ok",
+        "probe", "recalled", "request", "rest", "sent", "started", "status", "task", "writer",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -63,6 +64,14 @@ class Cycle:
         self.writer: ChunkedWriter | None = None
         self.status = 0
         self.sent = 0
+        # A request whose head may be memoized (``heads``): where it ends, how many bytes
+        # came after it; if its head was memoized already, that and the bytes it is in; the
+        # bytes after it once taken.
+        self.probe: Probe | None = None
+        self.after = 0
+        self.recalled: Head | None = None
+        self.data = b""
+        self.rest: bytes | None = None
 
     # -- handlers ----------------------------------------------------------------------
 
@@ -184,7 +193,7 @@ class Cycle:
         if request is not None and ctx.access_log:
             access_log.info(
                 '%s %s %d %d %.1fms id=%s', request.method, request.path, status,
-                self.sent, (ctx.loop.time() - self.started) * 1000, request.request_id,
+                self.sent, max(0.0, ctx.loop.time() - self.started) * 1000, request.request_id,
             )  # fmt: skip
 
 

@@ -49,7 +49,10 @@ TABLE: dict[Phase, Rule] = {
         Phase.HEADERS: "first byte", Phase.LINGER: "refused at once (503)", Phase.CLOSED: _CLOSE,
     }),
     Phase.HEADERS: Rule("header_timeout", {
-        Phase.BODY: "request head", Phase.LINGER: "refused", Phase.CLOSED: _CLOSE,
+        Phase.BODY: "request head",
+        Phase.HANDLING: "a whole request, its head memoized",
+        Phase.LINGER: "refused",
+        Phase.CLOSED: _CLOSE,
     }),
     Phase.BODY: Rule("body_timeout", {
         Phase.HANDLING: "end of message", Phase.LINGER: "refused", Phase.CLOSED: _CLOSE,
