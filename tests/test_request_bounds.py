@@ -50,9 +50,9 @@ async def test_n_choices_hash_and_count_the_prompt_once(
     real_digest, real_count = sampling.request_digest, sim_text.count_tokens
     prompt_marker = "unique marker of this conversation"
 
-    def digest(request: Any) -> bytes:
+    def digest(*parts: Any) -> bytes:
         calls["digest"] += 1
-        return real_digest(request)
+        return real_digest(*parts)
 
     def count(text: str) -> int:
         calls["count"] += prompt_marker in text
@@ -60,8 +60,8 @@ async def test_n_choices_hash_and_count_the_prompt_once(
 
     monkeypatch.setattr(sampling, "request_digest", digest)
     monkeypatch.setattr(sim_text, "count_tokens", count)
-    messages = [{"role": "user", "content": f"{prompt_marker} {i}"} for i in range(50)]
-    for stream in (False, True):
+    for stream in (False, True):  # each its own conversation: counts are memoized
+        messages = [{"role": "user", "content": f"{prompt_marker} {i} {stream}"} for i in range(50)]
         calls.update(digest=0, count=0)
         body = {"model": MODEL, "messages": messages, "n": 8, "max_tokens": 3, "stream": stream}
         status, _ = await raw_post(server, "/v1/chat/completions", body)

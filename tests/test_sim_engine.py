@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oxiserve.config import Config
+from oxiserve.engine import sim_text
 from oxiserve.engine.base import (
     ChatMessage,
     EngineError,
@@ -90,6 +91,27 @@ def test_count_tokens_counts_pieces() -> None:
     assert count_tokens("   ") == 1
     assert count_tokens("Hello, world!\n  How are you?") == 9
     assert split_pieces("Hello, world!\n  How") == ["Hello", ",", " world", "!\n", " ", " How"]
+
+
+def test_the_engine_memoizes_counts_of_short_texts_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = sim_text.count_tokens
+
+    def counting(text: str) -> int:
+        calls.append(len(text))
+        return real(text)
+
+    monkeypatch.setattr(sim_text, "count_tokens", counting)
+    sim = engine()
+    short, long = "Hello, world! " * 10, "word " * 5000  # 140 and 25,000 characters
+    assert [sim.count_tokens(short) for _ in range(3)] == [real(short)] * 3
+    assert [sim.count_tokens(long) for _ in range(2)] == [real(long)] * 2
+    assert calls == [140, 25_000, 25_000]  # the short one once, the long one every time
+    for i in range(300):  # more texts than the memo keeps: the oldest go
+        sim.count_tokens(f"text {i}")
+    calls.clear()
+    sim.count_tokens(short)
+    assert calls == [140]
 
 
 # --- lengths and modes ----------------------------------------------------------------------
@@ -259,7 +281,8 @@ async def test_same_seed_and_request_give_the_same_output() -> None:
 async def test_a_precomputed_digest_answers_as_without() -> None:
     fields: dict[str, Any] = {"max_tokens": 20, "seed": 3, "choice_index": 2}
     plain = await text_of(engine(), **fields)
-    digest = request_digest(request(**fields))
+    made = request(**fields)
+    digest = request_digest(made.seed, made.model, made.prompt, made.messages)
     assert await text_of(engine(), digest=digest, **fields) == plain
     assert await text_of(engine(), digest=b"another request", **fields) != plain
 
@@ -463,6 +486,107 @@ async def test_invalid_sim_headers_are_rejected(headers: dict[str, str]) -> None
     error, tokens = await fails_with(engine().generate(request(headers=headers)))
     assert (tokens, error.status, error.code) == ([], 400, "invalid_sim_header")
     assert "x-sim-error" in error.message
+
+
+# --- text(): the whole answer at once (the non-stream path) -----------------------------------
+
+_WEATHER = ToolSpec(
+    "get_weather", "", {"type": "object", "properties": {"city": {"type": "string"}}}
+)
+TEXT_CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "lorem over many chunks": ({}, {"max_tokens": 300}),
+    "echo": ({"sim_mode": "echo"}, {"messages": (ChatMessage("user", "say this back"),)}),
+    "fixed": ({"sim_mode": "fixed", "sim_fixed_text": "Fixed, as configured."}, {}),
+    "json": ({}, {"response_format": ResponseFormat("json_object")}),
+    "logprobs": ({}, {"max_tokens": 40, "logprobs": True, "top_logprobs": 2}),
+    "tool call": ({}, {"tools": (_WEATHER,), "tool_choice": "required"}),
+    "mid-stream failure": ({"sim_failure_rate": 1.0, "sim_failure_kind": "mid_stream"}, {}),
+    "x-sim-error-at": ({}, {"max_tokens": 90, "headers": {"x-sim-error": "502",
+                                                          "x-sim-error-at": "70"}}),
+    "paced": ({"sim_ttft_ms": 1, "sim_itl_ms": 0.01}, {"max_tokens": 20}),
+    "nothing to say": ({"sim_mode": "echo"}, {"messages": (ChatMessage("user", ""),)}),
+}  # fmt: skip
+
+
+async def _outcome(sim: SimEngine, fields: dict[str, Any], *, whole: bool) -> tuple[Any, ...]:
+    stream = sim.generate(request(**fields))
+    error: EngineError | None = None
+    try:
+        text = await stream.text() if whole else "".join(await collect(stream))
+    except EngineError as exc:
+        text, error = "", exc
+    failure = error and (error.status, error.code, error.message)
+    return (text, stream.usage, stream.finish_reason, stream.tool_calls, stream.logprobs,
+            failure, sim.tokens_produced, sim.active_generations)  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(TEXT_CASES))
+async def test_text_is_what_iterating_gives(case: str) -> None:
+    config, fields = TEXT_CASES[case]
+    iterated = await _outcome(engine(**config), fields, whole=False)
+    assert await _outcome(engine(**config), fields, whole=True) == iterated
+    assert iterated[0] or iterated[3] or iterated[5] or case == "nothing to say"
+
+
+async def test_text_costs_one_loop_iteration_per_token() -> None:
+    # The sleep(0)s here are the measure, not waits: the ticker counts loop iterations.
+    count, done = 0, False
+
+    async def ticker() -> None:
+        nonlocal count
+        while not done and count < 10_000:
+            count += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    start = count
+    text = await engine().generate(request(max_tokens=300)).text()
+    done = True
+    await task
+    assert len(split_pieces(text)) == 300
+    assert 299 <= count - start <= 301
+
+
+async def test_cancelling_text_stops_the_generation_and_counts_what_was_made() -> None:
+    sim = engine(sim_max_concurrency=1)
+    stream = sim.generate(request(max_tokens=1_000_000))
+    task = asyncio.create_task(stream.text())
+    await wait_until(lambda: sim.tokens_produced > 0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    produced = sim.tokens_produced
+    assert 0 < produced < 1_000_000
+    assert produced == stream.usage.completion_tokens
+    assert (stream.finish_reason, sim.active_generations) == ("cancelled", 0)
+    await wait_all_tasks_blocked()
+    assert sim.tokens_produced == produced
+
+
+async def test_aclose_ends_text_with_what_came_before() -> None:
+    sim = engine()
+    stream = sim.generate(request(max_tokens=1_000_000))
+    task = asyncio.create_task(stream.text())
+    for _ in range(50):  # the measure, not a wait: 50 loop iterations make about 50 tokens
+        await asyncio.sleep(0)
+    await stream.aclose()
+    text = await asyncio.wait_for(task, TIMEOUT)
+    assert 45 <= len(split_pieces(text)) <= 51  # far from the end of the chunk (CHUNK = 256)
+    assert len(split_pieces(text)) == sim.tokens_produced == stream.usage.completion_tokens
+    assert stream.finish_reason == "cancelled"
+
+
+def test_paced_text_keeps_the_schedule() -> None:
+    stream = engine(sim_ttft_ms=20, sim_itl_ms=10).generate(request(max_tokens=4))
+
+    async def timed() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await stream.text()
+        return loop.time() - start
+
+    assert run_on_mock_clock(timed) == pytest.approx(0.050)
 
 
 # --- concurrency and cancellation -------------------------------------------------------------

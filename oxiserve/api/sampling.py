@@ -124,6 +124,7 @@ async def generation_requests(
     """What each of the ``sampling.n`` choices of one prompt asks of the engine (``extra``:
     chat messages, tools, response format).  The work proportional to the prompt (its digest,
     its token count by the engine's ``count_tokens``) is done once, not once per choice."""
+    tokens = await count_prompt_tokens(count_tokens, prompt)
     first = GenerationRequest(
         model=model,
         prompt=prompt,
@@ -136,10 +137,10 @@ async def generation_requests(
         top_logprobs=sampling.top_logprobs,
         choice_index=first_index,
         headers=headers,
+        prompt_tokens=tokens,
+        digest=request_digest(sampling.seed, model, prompt, extra.get("messages", ())),
         **extra,
     )
-    tokens = await count_prompt_tokens(count_tokens, prompt)
-    first = replace(first, digest=request_digest(first), prompt_tokens=tokens)
     return [first] + [replace(first, choice_index=first_index + i) for i in range(1, sampling.n)]
 
 

@@ -150,7 +150,7 @@ async def collect_choice(
     stream = engine.generate(request)
     if not stops and not request.logprobs:  # the common case: just gather the text
         try:
-            result.text = "".join([text async for text in stream])
+            result.text = await stream.text()
         finally:
             await stream.aclose()
         result.take_outcome(stream)

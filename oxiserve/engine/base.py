@@ -7,7 +7,7 @@ stream of text pieces (one per token) and inputs into embedding vectors.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -102,15 +102,17 @@ class GenerationRequest:
     prompt_tokens: int | None = None
 
 
-def request_digest(request: GenerationRequest) -> bytes:
+def request_digest(
+    seed: int | None, model: str, prompt: str, messages: Sequence[ChatMessage] = ()
+) -> bytes:
     """A stable 16-byte hash of what makes two requests ask the same thing, whatever the
     choice (not ``hash()``: that is salted per process).  It reads the whole prompt, so it
     is computed once per API request (see ``GenerationRequest.digest``).  ``max_tokens`` is
     left out: as with a model, a lower limit cuts the same answer shorter.  Chat messages
     count by role and length only: their text is in the prompt already."""
     digest = hashlib.blake2b(digest_size=16)
-    parts = [str(request.seed), request.model, request.prompt]
-    parts += [f"{m.role}:{len(m.content)}" for m in request.messages]
+    parts = [str(seed), model, prompt]
+    parts += [f"{m.role}:{len(m.content)}" for m in messages]
     for part in parts:
         data = part.encode("utf-8", "surrogatepass")
         digest.update(b"%d:" % len(data))  # unambiguous
@@ -191,6 +193,12 @@ class TokenStream(Protocol):
     def __aiter__(self) -> AsyncIterator[str]: ...
 
     def __anext__(self) -> Any: ...
+
+    def text(self) -> Awaitable[str]:
+        """The rest of the generation's text: what iterating to the end would join, with the
+        same ``usage``, ``finish_reason``, ``tool_calls``, ``logprobs`` and errors when it
+        returns (an engine may get there faster than token by token)."""
+        ...
 
     async def aclose(self) -> None: ...
 

@@ -17,6 +17,7 @@ current chunk ends.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import struct
@@ -141,6 +142,41 @@ class SimStream:
             self.logprobs.append(sim_text.token_logprob(token, self._lp_rng, self._top_n))
         return token
 
+    @types.coroutine
+    def text(self) -> Generator[Any, Any, str]:
+        """The rest of the text (``TokenStream.text``).  Unpaced and without logprobs, each
+        chunk is walked with one loop iteration per token, as iterating takes, but without
+        iterating's per-token calls and counting (the counts are brought up to date once per
+        chunk, and when the walk is cut short)."""
+        pieces: list[str] = []
+        try:
+            while True:
+                if self._pos >= self._end:
+                    yield from self._advance()
+                if self._paced or self._lp_rng is not None:
+                    pieces.append((yield from self.__anext__()))
+                    continue
+                start = at = self._pos
+                end = self._end
+                try:
+                    while at < end:
+                        yield
+                        if self._state is not _RUNNING:
+                            raise StopAsyncIteration  # closed while this token was on its way
+                        at += 1
+                except BaseException as exc:
+                    if not isinstance(exc, StopAsyncIteration):
+                        self._stop("cancelled")
+                    raise
+                finally:
+                    pieces += self._chunk[start:at]
+                    self.usage.completion_tokens += at - start
+                    self._engine.tokens_produced += at - start
+                    if self._state is _RUNNING:
+                        self._pos = at
+        except StopAsyncIteration:
+            return "".join(pieces)
+
     async def aclose(self) -> None:
         """Cancel the generation: no token is produced after this returns."""
         self._stop("cancelled")
@@ -259,6 +295,14 @@ class SimStream:
             _wake(self._waiter)
 
 
+_MEMO_CHARS = 16 * 1024
+_MEMO_ENTRIES = 256  # at most 16 MiB of text held, far less for ASCII prompts
+
+
+def _count(text: str) -> int:
+    return sim_text.count_tokens(text)
+
+
 class SimEngine:
     """The simulator: implements :class:`~oxiserve.engine.base.Engine` from ``sim_*`` settings.
 
@@ -274,6 +318,7 @@ class SimEngine:
         self.active_generations = 0
         self._models = (ModelInfo(id=config.model_name, created=MODEL_CREATED),)
         self._embed_key = f"oxiserve-sim-embedding\0{config.sim_seed}\0".encode()
+        self._counts = functools.lru_cache(maxsize=_MEMO_ENTRIES)(_count)
 
     def models(self) -> Sequence[ModelInfo]:
         return self._models
@@ -282,7 +327,13 @@ class SimEngine:
         return SimStream(self, make_plan(self.config, request), request)
 
     def count_tokens(self, text: str) -> int:
-        """Tokens as a cl100k-like BPE would count them (see :mod:`oxiserve.engine.sim_text`)."""
+        """Tokens as a cl100k-like BPE would count them (see :mod:`oxiserve.engine.sim_text`).
+
+        Counts of texts up to ``_MEMO_CHARS`` are memoized (the last ``_MEMO_ENTRIES``):
+        load tests, retries and evaluation runs send one prompt many times, and counting
+        costs more than the rest of the simulator's work on a short answer."""
+        if len(text) <= _MEMO_CHARS:
+            return self._counts(text)
         return sim_text.count_tokens(text)
 
     async def embed(

@@ -77,7 +77,9 @@ class Plan:
 def _request_seed(config: Config, request: GenerationRequest) -> int:
     """The request's digest (computed once for all its choices) mixed with the simulator's
     seed and the choice index: n choices differ, the same request repeats exactly."""
-    digest = request.digest or request_digest(request)
+    digest = request.digest or request_digest(
+        request.seed, request.model, request.prompt, request.messages
+    )
     material = b"%d:%d:" % (config.sim_seed, request.choice_index) + digest
     return int.from_bytes(hashlib.blake2b(material, digest_size=16).digest(), "little")
 
