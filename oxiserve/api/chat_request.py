@@ -27,6 +27,7 @@ _PART_PLACEHOLDERS = {"image_url": "[image]", "input_audio": "[audio]", "file": 
 _INSTRUCTION_ROLES = ("system", "developer")
 _JSON_OBJECT_ROLES = ("system", "developer", "user")
 _SCHEMA_MARKERS = ("$defs", "$ref", "anyOf", "oneOf", "allOf")
+_DECODER = json.JSONDecoder()  # keeps no state between calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,16 @@ def _check_length(param: str, values: list[Any], limit: int) -> None:
         )  # fmt: skip
 
 
+_PLAIN_ROLES = frozenset(("system", "developer", "user", "assistant"))
+_PLAIN_KEYS = frozenset(("role", "content"))
+
+
 def _message(raw: Any, index: int) -> ChatMessage:
+    # Nearly every message is {"role": ..., "content": "text"}: nothing more to check.
+    if type(raw) is dict and raw.keys() <= _PLAIN_KEYS:
+        role, content = raw.get("role"), raw.get("content")
+        if type(content) is str and type(role) is str and role in _PLAIN_ROLES:
+            return ChatMessage(role, content)
     where = f"messages[{index}]"
     if not isinstance(raw, dict):
         raise InvalidRequest(f"Invalid '{where}': expected an object.", param=where)
@@ -338,10 +348,9 @@ def prompt_schema(
 ) -> dict[str, Any] | None:
     """The first JSON schema written into a message of one of ``roles``, as instructor's JSON
     modes and pydantic-ai's PromptedOutput write the one they want the answer to follow."""
-    decoder = json.JSONDecoder()
     for message in messages:
         if message.role in roles and "{" in message.content:
-            schema = _schema_in(message.content, decoder)
+            schema = _schema_in(message.content, _DECODER)
             if schema is not None:
                 return schema
     return None

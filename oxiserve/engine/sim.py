@@ -204,7 +204,7 @@ class SimStream:
         if plan.fail_at > produced:
             stop = min(stop, plan.fail_at)
         if plan.pieces is None:
-            self._chunk = sim_text.lorem_pieces(plan.rng, stop - produced, produced == 0)
+            self._chunk = sim_text.lorem_pieces(plan.lorem, stop - produced, produced == 0)
         else:
             self._chunk = plan.pieces[produced:stop]
         self._pos, self._end = 0, len(self._chunk)
@@ -240,6 +240,7 @@ class SimStream:
 
     def _call_tool(self, tool: ToolSpec) -> None:
         rng = self._plan.rng
+        assert rng is not None  # made for every request with tools
         try:
             value = sim_json.sample_json(tool.parameters, rng)
             arguments = sim_json.checked_size(orjson.dumps(value).decode())

@@ -1,5 +1,10 @@
 """How one simulated generation will go, decided when it is created: text or JSON, length,
-finish reason, tool call, failure and first-token time, all from one seeded ``Random``.
+finish reason, tool call, failure and first-token time, all from the request's seed.
+
+The seed is a 32-byte key (a hash of the request, the simulator's seed and the choice).
+The rolls every plan makes and the lorem text come straight from it (:class:`KeyedBytes`);
+a seeded ``Random``, ~7 µs to set up, is made only for requests with tools or a response
+format, whose sampling needs one.
 
 :class:`~oxiserve.engine.sim.SimStream` plays a :class:`Plan` back.
 """
@@ -59,11 +64,26 @@ _KIND_FAILURES = {
 _STATUS_CODES = {429: "rate_limit_exceeded", 503: "engine_overloaded"}
 
 
+class KeyedBytes:
+    """Seeded random bytes, as many as asked each time: SHAKE-256 of a key and a counter."""
+
+    __slots__ = ("_calls", "_key")
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._calls = 0
+
+    def randbytes(self, n: int) -> bytes:
+        self._calls += 1
+        return hashlib.shake_256(b"%d:%s" % (self._calls, self._key)).digest(n)
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What one generation will do; ``fail_at`` tokens are produced before ``failure``."""
 
-    rng: Random
+    rng: Random | None  # None when nothing in the request needs one (see the module doc)
+    lorem: KeyedBytes
     seed: int
     count: int  # text tokens to produce
     reason: FinishReason  # finish reason once they are produced
@@ -74,14 +94,19 @@ class Plan:
     ttft: float  # seconds
 
 
-def _request_seed(config: Config, request: GenerationRequest) -> int:
+def _request_key(config: Config, request: GenerationRequest) -> bytes:
     """The request's digest (computed once for all its choices) mixed with the simulator's
     seed and the choice index: n choices differ, the same request repeats exactly."""
     digest = request.digest or request_digest(
         request.seed, request.model, request.prompt, request.messages
     )
     material = b"%d:%d:" % (config.sim_seed, request.choice_index) + digest
-    return int.from_bytes(hashlib.blake2b(material, digest_size=16).digest(), "little")
+    return hashlib.blake2b(material, digest_size=32).digest()
+
+
+def _roll(key: bytes, at: int) -> float:
+    """A number in [0, 1) from 5 bytes of the key."""
+    return int.from_bytes(key[at : at + 5], "little") / 2**40
 
 
 def header_failure(headers: Mapping[str, str], count: int) -> tuple[Failure, int] | None:
@@ -105,8 +130,8 @@ def _header_int(name: str, text: str) -> int:
     return int(digits)
 
 
-def _pick_tool(request: GenerationRequest, roll: float, rng: Random) -> ToolSpec | None:
-    """The tool the request makes the simulator call, if any."""
+def _pick_tool(request: GenerationRequest, roll: float, rng: Random | None) -> ToolSpec | None:
+    """The tool the request makes the simulator call, if any (``rng``: there are tools)."""
     choice = request.tool_choice
     if request.tools and request.forced_tool is not None:
         for tool in request.tools:
@@ -115,10 +140,11 @@ def _pick_tool(request: GenerationRequest, roll: float, rng: Random) -> ToolSpec
         raise LookupError(f"tool_choice names {request.forced_tool!r}, not one of the tools")
     if not request.tools or choice in (None, "none") or (choice == "auto" and roll >= 0.5):
         return None
+    assert rng is not None
     return rng.choice(request.tools)
 
 
-def _answer(config: Config, request: GenerationRequest, rng: Random) -> _Answer:
+def _answer(config: Config, request: GenerationRequest, rng: Random | None) -> _Answer:
     """What to say: an instance of the response format's schema when the request asks for
     structured output (whatever the mode), else the mode's text.
 
@@ -171,7 +197,7 @@ class _FormatError(ValueError):
     """The client's response_format schema has no instance the simulator can make."""
 
 
-def _json_pieces(fmt: ResponseFormat | None, rng: Random, hard: int) -> list[str] | None:
+def _json_pieces(fmt: ResponseFormat | None, rng: Random | None, hard: int) -> list[str] | None:
     """The JSON answer ``fmt`` asks for, as tokens; None: answer free text.
 
     A schema found in the prompt is only a hint: when it has no instance the answer is
@@ -179,6 +205,7 @@ def _json_pieces(fmt: ResponseFormat | None, rng: Random, hard: int) -> list[str
     """
     if fmt is None or (fmt.kind == "text" and fmt.schema is None):
         return None
+    assert rng is not None  # made for every request with a response format
     try:
         value = sim_json.sample_json(_ANY_OBJECT if fmt.schema is None else fmt.schema, rng)
         if fmt.kind == "json_object" and not isinstance(value, dict):
@@ -197,10 +224,12 @@ def _json_pieces(fmt: ResponseFormat | None, rng: Random, hard: int) -> list[str
 
 
 def make_plan(config: Config, request: GenerationRequest) -> Plan:
-    seed = _request_seed(config, request)
-    rng = Random(seed)
-    # Always drawn, in this order, so turning a knob changes nothing else about the answer.
-    fail_roll, tool_roll, ttft_roll = rng.random(), rng.random(), rng.random()
+    key = _request_key(config, request)
+    seed = int.from_bytes(key[:16], "little")
+    # Each from its own bytes of the key, so turning a knob changes nothing else.
+    fail_roll, tool_roll, ttft_roll = _roll(key, 16), _roll(key, 21), _roll(key, 26)
+    wants_rng = request.tools or request.response_format is not None
+    rng = Random(seed) if wants_rng else None
     failure: Failure | None = None
     fail_at = _NO_FAILURE
     pieces, count, complete = None, 0, True
@@ -225,4 +254,4 @@ def make_plan(config: Config, request: GenerationRequest) -> Plan:
             fail_at = max(1, count // 2) if config.sim_failure_kind == "mid_stream" else 0
             fail_at = min(fail_at, count)
     ttft = (config.sim_ttft_ms + ttft_roll * config.sim_ttft_jitter_ms) / 1000.0
-    return Plan(rng, seed, count, reason, pieces, tool, fail_at, failure, ttft)
+    return Plan(rng, KeyedBytes(key), seed, count, reason, pieces, tool, fail_at, failure, ttft)

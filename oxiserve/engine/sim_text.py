@@ -34,6 +34,7 @@ import math
 import re
 from itertools import chain
 from random import Random
+from typing import Protocol
 
 from oxiserve.engine import sim_vocab
 from oxiserve.engine.base import TokenLogprob, TopLogprob
@@ -149,7 +150,11 @@ _RING_BARE = tuple(word[1:] for word in _RING_SPACED)
 _HALVING = tuple(math.log(0.75 / 2**j) for j in range(len(_ALTERNATIVES) + 1))
 
 
-def lorem_pieces(rng: Random, count: int, first: bool) -> list[str]:
+class RandomBytes(Protocol):
+    def randbytes(self, n: int, /) -> bytes: ...
+
+
+def lorem_pieces(rng: RandomBytes, count: int, first: bool) -> list[str]:
     """``count`` seeded lorem tokens; the first token of a text is capitalized, without space.
 
     A chunk never ends with punctuation, so the next chunk (which cannot know) may start
