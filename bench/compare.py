@@ -4,17 +4,20 @@ project's goals."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+import orjson
 
 from bench.catalog import OXISERVE, PEERS, SCENARIOS, SERVERS, ServerSpec
 from bench.footprint import Footprint, measure_footprint
 from bench.load import LoadSpec, run_load
 from bench.procs import Pinning, ServerProcess, check_loop
 from bench.scenarios import Target, Workload
-from bench.stats import Summary
+from bench.stats import Distribution, Summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +45,13 @@ class Measurement:
     scenario: str
     concurrency: int
     max_tokens: int
+    probed: bool = False  # a probe (bench/probe.py) measures new streams' TTFT beside it
 
 
 def measurements(sizes: Sizes) -> list[Measurement]:
     return [
         Measurement("stream_1", "chat-stream", 1, sizes.long_stream_tokens),
-        Measurement("stream_32", "chat-stream", sizes.streams, sizes.stream_tokens),
+        Measurement("stream_32", "chat-stream", sizes.streams, sizes.stream_tokens, probed=True),
         Measurement("health", "health", sizes.json_concurrency, 16),
         Measurement("chat", "chat", sizes.json_concurrency, 16),
     ]
@@ -68,8 +72,24 @@ METRICS = (
     Metric("events_per_s_32", "streamed events/s, {streams} streams", True, "stream_32"),
     Metric("cpu_us_per_event_1", "server CPU µs/event, 1 stream", False, "stream_1"),
     Metric("cpu_us_per_event_32", "server CPU µs/event, {streams} streams", False, "stream_32"),
-    Metric("ttft_p50_ms", "TTFT p50 ms, {streams} streams", False, "stream_32"),
-    Metric("ttft_p99_ms", "TTFT p99 ms, {streams} streams", False, "stream_32"),
+    Metric(
+        "probe_ttft_p50_ms",
+        "TTFT p50 ms of a new stream beside {streams} streams (own client)",
+        False,
+        "probe",
+    ),
+    Metric(
+        "probe_ttft_p99_ms",
+        "TTFT p99 ms of a new stream beside {streams} streams (own client)",
+        False,
+        "probe",
+    ),
+    Metric(
+        "ttft_p50_ms", "TTFT p50 ms, {streams} streams (the load client's view)", False, "stream_32"
+    ),
+    Metric(
+        "ttft_p99_ms", "TTFT p99 ms, {streams} streams (the load client's view)", False, "stream_32"
+    ),
     Metric("health_rps", "GET /health requests/s", True, "health"),
     Metric("health_cpu_us", "server CPU µs/request, /health", False, "health"),
     Metric("chat_rps", "non-stream chat requests/s", True, "chat"),
@@ -95,7 +115,7 @@ GOALS = (
     Goal("events_per_s_32", "fastapi-sse", 3.0),
     Goal("events_per_s_1", "raw", 1.0),
     Goal("events_per_s_32", "raw", 1.0),
-    Goal("ttft_p50_ms", "aiohttp", 1.0),
+    Goal("probe_ttft_p50_ms", "aiohttp", 1.0),
     Goal("health_rps", "fastapi-sse", 2.5),
     Goal("chat_rps", "fastapi-sse", 2.5),
     Goal("cold_start_ms", "raw", 1.5),
@@ -108,6 +128,7 @@ def figures_of(summaries: dict[str, Summary], footprint: Footprint | None) -> di
     s1, s32 = summaries.get("stream_1"), summaries.get("stream_32")
     health, chat = summaries.get("health"), summaries.get("chat")
     ttft = s32.ttft_ms if s32 is not None else None
+    probe = s32.probe_ttft_ms if s32 is not None else None
     out: dict[str, Any] = {
         "events_per_s_1": s1 and s1.events_per_s,
         "events_per_s_32": s32 and s32.events_per_s,
@@ -115,6 +136,8 @@ def figures_of(summaries: dict[str, Summary], footprint: Footprint | None) -> di
         "cpu_us_per_event_32": s32 and s32.server_cpu_us_per_event,
         "ttft_p50_ms": ttft and ttft.p50,
         "ttft_p99_ms": ttft and ttft.p99,
+        "probe_ttft_p50_ms": probe and probe.p50,
+        "probe_ttft_p99_ms": probe and probe.p99,
         "health_rps": health and health.requests_per_s,
         "health_cpu_us": health and health.server_cpu_us_per_request,
         "chat_rps": chat and chat.requests_per_s,
@@ -187,13 +210,35 @@ async def measure_load(
             warm = LoadSpec(concurrency=m.concurrency, duration=sizes.warmup)
             await run_load(target.host, target.port, scenario, warm)
             spec_ = LoadSpec(concurrency=m.concurrency, duration=sizes.duration, timeout=60.0)
+            probe = await start_probe(target, sizes.duration, pinning) if m.probed else None
             outcome = await run_load(
                 target.host, target.port, scenario, spec_, server_cpu=server.cpu_seconds
             )
             summary = outcome.summary()
+            if probe is not None:
+                summary = replace(summary, probe_ttft_ms=await probe_result(probe))
             summaries[m.key] = summary
             log(_progress_line(m.key, summary))
     return summaries
+
+
+async def start_probe(
+    target: Target, duration: float, pinning: Pinning
+) -> asyncio.subprocess.Process:
+    """bench/probe.py beside the load (on the client's core): first tokens of new streams.
+    It takes a few tenths of a second to start, and stops before the load does."""
+    argv = [sys.executable, "-m", "bench.probe", "--host", target.host, "--port",
+            str(target.port), "--duration", str(max(0.3, duration - 0.6))]  # fmt: skip
+    if pinning.client_cpu is not None:
+        argv += ["--cpu", str(pinning.client_cpu)]
+    return await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+
+
+async def probe_result(probe: asyncio.subprocess.Process) -> Distribution | None:
+    out, _ = await asyncio.wait_for(probe.communicate(), 60.0)
+    if probe.returncode != 0:
+        return None
+    return Distribution.of(orjson.loads(out))
 
 
 def _progress_line(key: str, s: Summary) -> str:

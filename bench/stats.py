@@ -95,6 +95,9 @@ class Summary:
     server_cpu_us_per_event: float | None
     server_cpu_us_per_request: float | None
     client_cpu_util: float | None
+    # A new stream's time to first token beside this load, from a client of its own
+    # (bench/probe.py); only the 32-stream measurement has one.
+    probe_ttft_ms: Distribution | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,9 +35,10 @@ from bench.compare_report import render_markdown, render_terminal
 from bench.footprint import measure_footprint
 from bench.load import LoadSpec
 from bench.peers.raw_peer import RawHTTP
+from bench.probe import first_token_ms
 from bench.procs import Pinning, ServerProcess, ServerStartError, check_loop
 from bench.run import RunOptions, RunReport, run_benchmark
-from bench.scenarios import Workload
+from bench.scenarios import ChatStream, Target, Workload
 from bench.stats import Distribution, RequestResult, percentile, summarize
 from oxiserve import Config, Server
 
@@ -75,6 +76,7 @@ SUMMARY_KEYS = {
     "server_cpu_us_per_event",
     "server_cpu_us_per_request",
     "client_cpu_util",
+    "probe_ttft_ms",
 }
 
 
@@ -456,6 +458,18 @@ async def test_peer_default_loop_is_asyncio_and_a_wrong_loop_is_caught() -> None
             check_loop(server, "uvloop")
 
 
+async def test_the_probe_times_a_first_token_and_refuses_errors() -> None:
+    async with oxiserve(sim_ttft_ms=30) as server:
+        target = Target.parse(server.url)
+        request = ChatStream(target, Workload(max_tokens=2)).request_for(0)
+        ms = await asyncio.to_thread(first_token_ms, target.host, target.port, request, 5.0)
+        assert ms is not None
+        assert ms >= 30  # it waited for the first token, not the head or the role chunk
+        missing = request.replace(b"/v1/chat/completions", b"/v1/nothing-here")
+        refused = await asyncio.to_thread(first_token_ms, target.host, target.port, missing, 5.0)
+        assert refused is None
+
+
 async def test_compare_on_both_loops_renders_a_table_per_loop() -> None:
     pytest.importorskip("uvloop")
     sizes = _tiny_sizes()
@@ -478,6 +492,7 @@ async def test_compare_on_both_loops_renders_a_table_per_loop() -> None:
         for result in results:
             figures = result.figures
             assert figures["events_per_s_32"] > 0
+            assert figures["probe_ttft_p50_ms"] > 0  # the probe beside the 3 streams
             assert figures["health_rps"] > 0
             assert result.summaries["stream_1"].tokens % 40 == 0
             assert all(not s.errors for s in result.summaries.values())
