@@ -79,7 +79,7 @@ class Config:
     )
     stream_buffer: int = _opt(256, "frames a stream keeps for slow or late readers")
     stream_coalesce_ms: float = _opt(
-        1.0,
+        2.0,
         "while a stream is busy, frames are gathered into one write per this many ms "
         "(the first frames and any frame after a quiet spell go out at once; 0: never gather)",
     )
