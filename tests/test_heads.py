@@ -130,6 +130,18 @@ async def test_a_repeated_head_with_another_length_is_taken_from_the_memo() -> N
     assert b"x-request-id: abc" in transport.written
 
 
+async def test_a_handler_changing_its_headers_leaves_the_memo_alone() -> None:
+    seen: Seen = []
+    ctx = _context(seen, memo=True)
+    ctx.router.add("GET", "/mutate", lambda r: Response(repr(r.headers.pop("host")).encode()))
+    get = b"GET /mutate HTTP/1.1\r\nHost: x\r\n\r\n"
+    _, first = _serve(ctx, get, 1000)
+    _, second = _serve(ctx, get, 1000)
+    assert len(ctx.heads) == 1
+    assert first.written.endswith(b"'x'")
+    assert second.written.endswith(b"'x'")  # the memoized head still has its Host field
+
+
 async def test_the_memo_never_lets_a_body_over_the_limit_through() -> None:
     seen: Seen = []
     ctx = _context(seen, memo=True, max_body_bytes=8)

@@ -302,16 +302,17 @@ class Connection(asyncio.Protocol):
             or "expect" in fields
         ):
             return
+        # The memo keeps a copy of the fields: the handler gets ``fields`` itself.
         self.ctx.heads.put(found.key, Head(
-            request.method, request.path, request.query_string, request.http_version, fields,
-            cycle.keep_alive, client_request_id(fields),
+            request.method, request.path, request.query_string, request.http_version,
+            dict(fields), cycle.keep_alive, client_request_id(fields),
         ))  # fmt: skip
 
     def _take(self, cycle: Cycle, head: Head) -> None:
         """A request whose head h11 parsed before, all of it in ``cycle.data``."""
         found, data = cycle.probe, cycle.data
         assert found is not None
-        cycle.recalled = None
+        cycle.recalled, cycle.data = None, b""
         fields = dict(head.fields)
         if found.length >= 0:
             fields["content-length"] = found.digits
