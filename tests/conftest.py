@@ -183,7 +183,7 @@ async def shrink_server_send_buffer(server: Server, size: int = 4096) -> None:
     conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
-def _blocked(task: asyncio.Task[Any]) -> bool:
+def is_blocked(task: asyncio.Task[Any]) -> bool:
     # A task is blocked when it awaits a future that is not done. One that did a bare yield
     # (asyncio.sleep(0)), has not started yet or whose future just completed has no pending
     # ``_fut_waiter`` and is ready to run. (``_fut_waiter`` is private, but both the C and the
@@ -218,7 +218,7 @@ async def wait_all_tasks_blocked(
     calm = 0
     for _ in range(max_iterations):
         await asyncio.sleep(0)  # one loop iteration: the others run, or not
-        idle = not ready and all(_blocked(t) for t in asyncio.all_tasks(loop) if t is not me)
+        idle = not ready and all(is_blocked(t) for t in asyncio.all_tasks(loop) if t is not me)
         calm = calm + 1 if idle else 0
         if calm >= quiet:
             return

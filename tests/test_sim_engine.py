@@ -30,7 +30,13 @@ from oxiserve.engine.base import (
 from oxiserve.engine.sim import MODEL_CREATED, SimEngine, SimStream
 from oxiserve.engine.sim_json import sample_json
 from oxiserve.engine.sim_text import count_tokens, split_pieces
-from tests.conftest import MockClockLoop, run_on_mock_clock, wait_all_tasks_blocked, wait_until
+from tests.conftest import (
+    MockClockLoop,
+    is_blocked,
+    run_on_mock_clock,
+    wait_all_tasks_blocked,
+    wait_until,
+)
 
 TIMEOUT = 5.0
 # Which of 20 requests ("prompt 0".."prompt 19", simulator seed 0) a 0.5 failure rate fails:
@@ -508,11 +514,18 @@ TEXT_CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }  # fmt: skip
 
 
-async def _outcome(sim: SimEngine, fields: dict[str, Any], *, whole: bool) -> tuple[Any, ...]:
+async def _outcome(sim: SimEngine, fields: dict[str, Any], how: str) -> tuple[Any, ...]:
     stream = sim.generate(request(**fields))
     error: EngineError | None = None
     try:
-        text = await stream.text() if whole else "".join(await collect(stream))
+        if how == "text":
+            text = await stream.text()
+        elif how == "pipe":
+            pieces: list[str] = []
+            await stream.pipe(pieces.append)
+            text = "".join(pieces)
+        else:
+            text = "".join(await collect(stream))
     except EngineError as exc:
         text, error = "", exc
     failure = error and (error.status, error.code, error.message)
@@ -521,10 +534,11 @@ async def _outcome(sim: SimEngine, fields: dict[str, Any], *, whole: bool) -> tu
 
 
 @pytest.mark.parametrize("case", list(TEXT_CASES))
-async def test_text_is_what_iterating_gives(case: str) -> None:
+@pytest.mark.parametrize("how", ["text", "pipe"])
+async def test_text_and_pipe_are_what_iterating_gives(case: str, how: str) -> None:
     config, fields = TEXT_CASES[case]
-    iterated = await _outcome(engine(**config), fields, whole=False)
-    assert await _outcome(engine(**config), fields, whole=True) == iterated
+    iterated = await _outcome(engine(**config), fields, "iterate")
+    assert await _outcome(engine(**config), fields, how) == iterated
     assert iterated[0] or iterated[3] or iterated[5] or case == "nothing to say"
 
 
@@ -575,6 +589,146 @@ async def test_aclose_ends_text_with_what_came_before() -> None:
     assert 45 <= len(split_pieces(text)) <= 51  # far from the end of the chunk (CHUNK = 256)
     assert len(split_pieces(text)) == sim.tokens_produced == stream.usage.completion_tokens
     assert stream.finish_reason == "cancelled"
+
+
+# --- the driver: every piped stream stepped from one callback ---------------------------------
+
+
+class _Ticks:
+    """Counts loop iterations (the sleep(0) is the measure, not a wait) and records, per
+    piped stream, the iteration each of its pieces arrived in."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.done = False
+        self.seen: dict[int, list[int]] = {}
+
+    async def run(self) -> None:
+        while not self.done and self.count < 100_000:
+            self.count += 1
+            await asyncio.sleep(0)
+
+    def emit(self, key: int) -> Any:
+        self.seen[key] = []
+        return lambda _text: self.seen[key].append(self.count)
+
+
+async def test_piped_streams_share_one_step_per_loop_iteration() -> None:
+    sim, ticks = engine(), _Ticks()
+    ticker = asyncio.create_task(ticks.run())
+    await asyncio.sleep(0)
+    streams = [sim.generate(request(prompt=f"p{i}", max_tokens=300)) for i in range(8)]
+    start = ticks.count
+    pipes: list[asyncio.Task[None]] = []
+    blocked: list[bool] = []  # at each piece of stream 0 after its first: all pipes waiting?
+
+    record = ticks.emit(0)
+
+    def watch(text: str) -> None:
+        record(text)
+        blocked.append(all(is_blocked(task) for task in pipes))
+
+    pipes += [asyncio.create_task(s.pipe(watch if i == 0 else ticks.emit(i)))
+              for i, s in enumerate(streams)]  # fmt: skip
+    await asyncio.gather(*pipes)
+    ticks.done = True
+    await ticker
+    # No piping task woke per token: from the third piece on, each waits for its stream's end.
+    assert len(blocked) == 300
+    assert all(blocked[2:])
+    # 300 tokens each, all 8 in step: 300 iterations and a few to start and end the tasks
+    # (gather's, the first token's, joining the driver, the last wake-up), not 8 x 300.
+    assert 300 <= ticks.count - start <= 310
+    for i, stream in enumerate(streams):
+        ticked = ticks.seen[i]
+        assert len(ticked) == 300 == stream.usage.completion_tokens
+        assert len(set(ticked)) == 300  # never two tokens of one stream in one iteration
+        assert stream.finish_reason == "length"
+    assert (sim.tokens_produced, sim.active_generations) == (2400, 0)
+
+
+async def test_a_stream_joining_a_running_driver_gets_one_token_per_iteration() -> None:
+    sim, ticks = engine(), _Ticks()
+    ticker = asyncio.create_task(ticks.run())
+    first = asyncio.create_task(sim.generate(request(max_tokens=2000)).pipe(ticks.emit(0)))
+    await wait_until(lambda: len(ticks.seen[0]) > 10)
+    late = [sim.generate(request(prompt=f"late {i}", max_tokens=40)) for i in range(5)]
+    for i, stream in enumerate(late, start=1):  # joining at different points of the loop
+        await stream.pipe(ticks.emit(i))
+        assert len(ticks.seen[i]) == len(set(ticks.seen[i])) == 40
+    first.cancel()
+    ticks.done = True
+    await ticker
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert len(ticks.seen[0]) == len(set(ticks.seen[0]))
+    assert sim.active_generations == 0
+
+
+async def test_a_failing_emit_fails_only_its_own_stream() -> None:
+    sim = engine()
+    good, bad = sim.generate(request(max_tokens=50)), sim.generate(request(max_tokens=50))
+    pieces: list[str] = []
+    bad_count = 0
+
+    def explode(_text: str) -> None:
+        nonlocal bad_count
+        bad_count += 1
+        if bad_count == 5:
+            raise ValueError("the sink broke")
+
+    results = await asyncio.gather(good.pipe(pieces.append), bad.pipe(explode),
+                                   return_exceptions=True)  # fmt: skip
+    assert results[0] is None
+    assert isinstance(results[1], ValueError)
+    assert str(results[1]) == "the sink broke"
+    assert (len(pieces), good.finish_reason) == (50, "length")
+    assert (bad.usage.completion_tokens, bad.finish_reason, bad_count) == (5, None, 5)
+    assert sim.active_generations == 0
+
+
+async def test_an_emit_may_close_another_piped_stream() -> None:
+    sim = engine()
+    victim, closer = sim.generate(request(max_tokens=500)), sim.generate(request(max_tokens=20))
+    kept: list[str] = []
+    closed_at: list[int] = []
+
+    def close_victim(_text: str) -> None:
+        if not closed_at:
+            closed_at.append(victim.usage.completion_tokens)
+            asyncio.get_running_loop().create_task(victim.aclose())
+
+    await asyncio.gather(victim.pipe(kept.append), closer.pipe(close_victim))
+    assert victim.finish_reason == "cancelled"
+    assert len(kept) == victim.usage.completion_tokens < 500
+    assert len(kept) <= closed_at[0] + 2
+    assert closer.finish_reason == "length"
+
+
+async def test_a_failure_at_a_token_reaches_the_pipe_with_the_tokens_before_it() -> None:
+    sim = engine()
+    headers = {"x-sim-error": "502", "x-sim-error-at": "300"}  # past the first chunk
+    failing = sim.generate(request(max_tokens=400, headers=headers))
+    other = sim.generate(request(max_tokens=400))
+    got: list[str] = []
+    results = await asyncio.gather(failing.pipe(got.append), other.pipe(lambda _t: None),
+                                   return_exceptions=True)  # fmt: skip
+    assert isinstance(results[0], EngineError)
+    assert results[0].status == 502
+    assert (len(got), failing.usage.completion_tokens, failing.finish_reason) == (300, 300, None)
+    assert (results[1], other.finish_reason) == (None, "length")
+
+
+def test_one_engine_pipes_on_one_loop_after_another() -> None:
+    sim = engine()
+
+    async def one() -> int:
+        pieces: list[str] = []
+        await asyncio.wait_for(sim.generate(request(max_tokens=30)).pipe(pieces.append), TIMEOUT)
+        return len(pieces)
+
+    assert asyncio.run(one()) == 30
+    assert asyncio.run(one()) == 30  # a new loop: a new driver, not the old loop's
 
 
 def test_paced_text_keeps_the_schedule() -> None:

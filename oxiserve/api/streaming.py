@@ -299,20 +299,23 @@ class StreamJob:
     async def _fast_choice(
         self, stream: TokenStream, index: int, result: ChoiceResult, open_choice: Callable[[], None]
     ) -> None:
-        """The hot path: one template concatenation and one publish per token."""
+        """The hot path: one template concatenation and one publish per token, called by the
+        engine (``pipe``) rather than by this task waking up for each token."""
         prefix, suffix = self._encoder.text_template(index)
         publish, dumps = self.topic.publish_text, orjson.dumps
+
+        def emit(text: str) -> None:
+            publish(text, index, prefix + dumps(text) + suffix)
+
         try:
-            iterator = stream.__aiter__()
             try:
-                text = await iterator.__anext__()
+                text = await stream.__aiter__().__anext__()
             except StopAsyncIteration:
                 open_choice()
             else:
                 open_choice()
-                publish(text, index, prefix + dumps(text) + suffix)
-                async for text in iterator:
-                    publish(text, index, prefix + dumps(text) + suffix)
+                emit(text)
+                await stream.pipe(emit)
         finally:
             await stream.aclose()
         result.take_outcome(stream)

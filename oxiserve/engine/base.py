@@ -7,7 +7,7 @@ stream of text pieces (one per token) and inputs into embedding vectors.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -198,6 +198,13 @@ class TokenStream(Protocol):
         """The rest of the generation's text: what iterating to the end would join, with the
         same ``usage``, ``finish_reason``, ``tool_calls``, ``logprobs`` and errors when it
         returns (an engine may get there faster than token by token)."""
+        ...
+
+    def pipe(self, emit: Callable[[str], None]) -> Awaitable[None]:
+        """Call ``emit`` with every remaining piece, in order, and return when the stream
+        ends, with the outcome and errors iterating would give.  A batching engine calls
+        the emits of all its streams from one place instead of waking a task per piece
+        (``emit`` must not block; it may close this or any stream)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -7,11 +7,13 @@ index, so the same request always gets the same answer.  A generation is
 planned when it is created (:mod:`oxiserve.engine.sim_plan`) and played back by
 :class:`SimStream`.
 
-At zero latency each token costs exactly one event-loop iteration (a bare
-``yield`` to the task, as ``asyncio.sleep(0)`` does) and little else: tokens
-are made in chunks, the per-token path is a few attribute updates, and
-anything rare (start, chunk refill, failure, finish) happens only where the
-current chunk ends.
+At zero latency each token costs exactly one event-loop iteration and little
+else: tokens are made in chunks, the per-token path is a few attribute
+updates, and anything rare (start, chunk refill, failure, finish) happens only
+where the current chunk ends.  Iterating, a token is a bare ``yield`` to the
+task (as ``asyncio.sleep(0)`` does); through :meth:`SimStream.pipe` (and
+``text()``) one :class:`_Driver` callback steps every such generation once per
+iteration, as a batching engine steps its batch, with no task switch per token.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import hashlib
 import math
 import struct
 import types
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from enum import Enum
 from random import Random
 from typing import Any
@@ -71,6 +73,7 @@ class SimStream:
     __slots__ = (
         "_chunk",
         "_due",
+        "_emit",
         "_end",
         "_engine",
         "_gap_rng",
@@ -100,6 +103,7 @@ class SimStream:
         self._end = 0  # 0 sends the first __anext__ down the slow path
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._emit: Callable[[str], None] | None = None  # the pipe's, while the driver steps it
         self._due = 0.0
         self._paced = False
         config = engine.config
@@ -142,40 +146,45 @@ class SimStream:
             self.logprobs.append(sim_text.token_logprob(token, self._lp_rng, self._top_n))
         return token
 
-    @types.coroutine
-    def text(self) -> Generator[Any, Any, str]:
-        """The rest of the text (``TokenStream.text``).  Unpaced and without logprobs, each
-        chunk is walked with one loop iteration per token, as iterating takes, but without
-        iterating's per-token calls and counting (the counts are brought up to date once per
-        chunk, and when the walk is cut short)."""
+    async def text(self) -> str:
+        """The rest of the text (``TokenStream.text``): the pieces :meth:`pipe` hands out,
+        joined."""
         pieces: list[str] = []
+        await self.pipe(pieces.append)
+        return "".join(pieces)
+
+    async def pipe(self, emit: Callable[[str], None]) -> None:
+        """Hand every remaining piece to ``emit`` (``TokenStream.pipe``).
+
+        Unpaced and without logprobs, the pieces after the first come from the engine's
+        :class:`_Driver`: one token per loop iteration, as iterating takes, but from one
+        callback stepping every piped generation, with no task switch per token."""
+        while self._state is _State.NEW or self._paced or self._lp_rng is not None:
+            try:
+                text = await self.__anext__()
+            except StopAsyncIteration:
+                return
+            emit(text)
+        if self._state is not _RUNNING:
+            return
+        if self._pos >= self._end:  # the driver steps only streams with a token in hand
+            try:
+                self._next_chunk()
+            except StopAsyncIteration:
+                return
+        loop = self._loop
+        assert loop is not None  # set by _start
+        done = self._waiter = loop.create_future()
+        self._emit = emit
+        self._engine.driver(loop).add(self)
         try:
-            while True:
-                if self._pos >= self._end:
-                    yield from self._advance()
-                if self._paced or self._lp_rng is not None:
-                    pieces.append((yield from self.__anext__()))
-                    continue
-                start = at = self._pos
-                end = self._end
-                try:
-                    while at < end:
-                        yield
-                        if self._state is not _RUNNING:
-                            raise StopAsyncIteration  # closed while this token was on its way
-                        at += 1
-                except BaseException as exc:
-                    if not isinstance(exc, StopAsyncIteration):
-                        self._stop("cancelled")
-                    raise
-                finally:
-                    pieces += self._chunk[start:at]
-                    self.usage.completion_tokens += at - start
-                    self._engine.tokens_produced += at - start
-                    if self._state is _RUNNING:
-                        self._pos = at
-        except StopAsyncIteration:
-            return "".join(pieces)
+            await done
+        except BaseException:
+            self._stop("cancelled")  # no-op if it failed: the failure is what we raise
+            raise
+        finally:
+            self._waiter = None
+            self._emit = None
 
     async def aclose(self) -> None:
         """Cancel the generation: no token is produced after this returns."""
@@ -192,11 +201,16 @@ class SimStream:
             yield from self._start()
         if self._state is not _RUNNING:
             raise StopAsyncIteration
+        self._next_chunk()
+
+    def _next_chunk(self) -> None:
+        """Fail, finish (StopAsyncIteration) or make the next chunk of a running stream."""
         plan = self._plan
         produced = self.usage.completion_tokens
         if produced == plan.fail_at and plan.failure is not None:
-            self._stop(None)
-            raise plan.failure.error()
+            error = plan.failure.error()
+            self._stop(None, error)
+            raise error
         if produced >= plan.count:
             self._stop(plan.reason)
             raise StopAsyncIteration
@@ -282,8 +296,9 @@ class SimStream:
             self._stop("cancelled")
             raise
 
-    def _stop(self, reason: FinishReason | None) -> None:
-        """End the generation (``None``: it failed) and give its slot back."""
+    def _stop(self, reason: FinishReason | None, error: BaseException | None = None) -> None:
+        """End the generation (``None``: it failed with ``error``, which a pending
+        :meth:`pipe` raises) and give its slot back."""
         if self._state is _State.DONE:
             return
         self._state = _State.DONE
@@ -292,8 +307,78 @@ class SimStream:
         if self._slot:
             self._slot = False
             self._engine.active_generations -= 1
-        if self._waiter is not None:
-            _wake(self._waiter)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    def _fail(self, error: BaseException) -> None:
+        """What the driver does when stepping this stream raised: a finish
+        (StopAsyncIteration) needs nothing more; anything else fails its pipe."""
+        if not isinstance(error, StopAsyncIteration):
+            self._stop(None, error)
+
+
+class _Driver:
+    """Steps every piped, unpaced generation of an engine by one token per loop iteration,
+    from one self-rescheduling callback: what a batching engine does, and far cheaper than
+    a task step per token per stream.
+
+    A stream that joins while the driver runs is stepped from the next step on, so no
+    stream gets two tokens in one iteration.  Its pipe is woken by ``_stop`` (finished,
+    failed or closed); the driver drops it at its next step.
+    """
+
+    __slots__ = ("_engine", "_joining", "_scheduled", "_streams", "loop")
+
+    def __init__(self, engine: SimEngine, loop: asyncio.AbstractEventLoop) -> None:
+        self._engine = engine
+        self.loop = loop
+        self._streams: list[SimStream] = []
+        self._joining: list[SimStream] = []
+        self._scheduled = False
+
+    def add(self, stream: SimStream) -> None:
+        if self._scheduled:
+            self._joining.append(stream)
+        else:
+            self._streams.append(stream)
+            self._scheduled = True
+            self.loop.call_soon(self._step)
+
+    def _step(self) -> None:
+        streams = self._streams
+        made = 0
+        ended = False
+        for stream in streams:
+            if stream._state is not _RUNNING:
+                ended = True
+                continue
+            pos = stream._pos  # < _end: a chunk's end is dealt with as it is reached
+            stream._pos = pos + 1
+            stream.usage.completion_tokens += 1
+            made += 1
+            emit = stream._emit
+            assert emit is not None
+            try:
+                emit(stream._chunk[pos])
+                if pos + 1 >= stream._end and stream._state is _RUNNING:
+                    stream._next_chunk()  # at once: a finish wakes the pipe this iteration
+            except Exception as exc:
+                stream._fail(exc)
+                ended = True
+        self._engine.tokens_produced += made
+        if ended:
+            streams = self._streams = [s for s in streams if s._state is _RUNNING]
+        if self._joining:
+            streams += self._joining
+            self._joining = []
+        if streams:
+            self.loop.call_soon(self._step)
+        else:
+            self._scheduled = False
 
 
 _MEMO_CHARS = 16 * 1024
@@ -320,6 +405,15 @@ class SimEngine:
         self._models = (ModelInfo(id=config.model_name, created=MODEL_CREATED),)
         self._embed_key = f"oxiserve-sim-embedding\0{config.sim_seed}\0".encode()
         self._counts = functools.lru_cache(maxsize=_MEMO_ENTRIES)(_count)
+        self._driver: _Driver | None = None
+
+    def driver(self, loop: asyncio.AbstractEventLoop) -> _Driver:
+        """The driver stepping this engine's piped generations on ``loop`` (one per loop: an
+        engine used from a new loop gets a new one)."""
+        driver = self._driver
+        if driver is None or driver.loop is not loop:
+            driver = self._driver = _Driver(self, loop)
+        return driver
 
     def models(self) -> Sequence[ModelInfo]:
         return self._models
