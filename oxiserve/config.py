@@ -48,6 +48,15 @@ class Config:
         300.0, "seconds a finished detached job (a run, a background response) stays re-attachable"
     )
 
+    # Store and runs
+    db: str = _opt(
+        "oxiserve.db",
+        "SQLite file for assistants, threads, messages and runs (:memory: keeps nothing)",
+    )
+    run_timeout: float = _opt(
+        600.0, "seconds a run may take, waiting for tool outputs included, before it expires"
+    )
+
     cors_allow_origins: str = _opt(
         "", "origins a web page may call the API from: comma-separated, or * (empty: no CORS)"
     )
@@ -118,6 +127,8 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 problems.append(f"{f.name} must be one of {', '.join(choices)}")
+        if self.run_timeout <= 0:
+            problems.append("run_timeout must be positive")
         if self.stream_buffer < 2:
             problems.append("stream_buffer must be at least 2")
         if 0 < self.max_buffered_bytes < 64 * 1024:

@@ -43,6 +43,7 @@ async def running(**overrides: Any) -> AsyncIterator[Server]:
     """A Server on a free loopback port, stopped (gracefully) afterwards."""
     overrides.setdefault("port", 0)
     overrides.setdefault("access_log", False)
+    overrides.setdefault("db", ":memory:")
     engine = overrides.pop("engine", None)
     server = Server(Config(**overrides), engine=engine)
     await server.start()

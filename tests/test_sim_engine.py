@@ -1214,3 +1214,22 @@ async def test_embedding_dimensions() -> None:
         await sim.embed("m", ["text"], dimensions=0)
     assert info.value.status == 400
     assert await sim.embed("m", []) == []
+
+
+async def test_auto_answers_a_tool_result_in_words() -> None:
+    sim = engine()
+
+    async def calls(messages: tuple[ChatMessage, ...]) -> list[bool]:
+        made = []
+        for i in range(20):
+            stream = sim.generate(request(prompt=f"prompt {i}", messages=messages,
+                                          tools=(_WEATHER,), tool_choice="auto"))  # fmt: skip
+            text = await stream.text()
+            made.append(bool(stream.tool_calls))
+            assert bool(text) != bool(stream.tool_calls)
+        return made
+
+    asked = (ChatMessage("user", "weather in Paris?"),)
+    answered = (*asked, ChatMessage("assistant", ""), ChatMessage("tool", '{"temp": 21}'))
+    assert 0 < sum(await calls(asked)) < 20  # auto: sometimes a call
+    assert sum(await calls(answered)) == 0  # after a tool's result: words, every time

@@ -138,10 +138,16 @@ def _pick_tool(request: GenerationRequest, roll: float, rng: Random | None) -> T
             if tool.name == request.forced_tool:
                 return tool
         raise LookupError(f"tool_choice names {request.forced_tool!r}, not one of the tools")
-    if not request.tools or choice in (None, "none") or (choice == "auto" and roll >= 0.5):
+    if not request.tools or choice in (None, "none"):
         return None
+    if choice == "auto" and (roll >= 0.5 or _answers_a_tool(request)):
+        return None  # a tool's result is answered in words, as a model does: agent loops end
     assert rng is not None
     return rng.choice(request.tools)
+
+
+def _answers_a_tool(request: GenerationRequest) -> bool:
+    return bool(request.messages) and request.messages[-1].role in ("tool", "function")
 
 
 def _answer(config: Config, request: GenerationRequest, rng: Random | None) -> _Answer:
