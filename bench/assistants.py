@@ -182,26 +182,32 @@ class Fanout(AssistantScenario):
 
     def __init__(self, target: Target, workload: Workload) -> None:
         super().__init__(target, workload)
-        self._readers: list[HTTPConnection] = []
+        # Each load connection has its own readers: concurrent runs never share a reader.
+        self._readers: dict[int, list[HTTPConnection]] = {}
 
     def build(self, *, fail: bool) -> bytes:  # requests depend on the thread; see execute
         raise NotImplementedError
 
-    async def setup(self, conn: HTTPConnection) -> None:
-        await super().setup(conn)
-        for _ in range(self.workload.subscribers):
-            reader = HTTPConnection(self.target.host, self.target.port)
-            await reader.connect()
-            self._readers.append(reader)
+    async def _readers_of(self, conn: HTTPConnection) -> list[HTTPConnection]:
+        readers = self._readers.get(id(conn))
+        if readers is None:
+            readers = self._readers[id(conn)] = []
+            for _ in range(self.workload.subscribers):
+                reader = HTTPConnection(self.target.host, self.target.port)
+                await reader.connect()
+                readers.append(reader)
+        return readers
 
     async def close(self) -> None:
-        for reader in self._readers:
-            await reader.close()
+        for readers in self._readers.values():
+            for reader in readers:
+                await reader.close()
 
     async def execute(
         self, conn: HTTPConnection, result: RequestResult, index: int
     ) -> list[RequestResult]:
         w = self.workload
+        connections = await self._readers_of(conn)  # made once per connection, not timed
         messages = [{"role": "user", "content": w.prompt()}]
         thread = await self.call(conn, "POST", "/v1/threads", {"messages": messages})
         path = f"/v1/threads/{thread['id']}/runs"
@@ -221,7 +227,7 @@ class Fanout(AssistantScenario):
 
         def attach(run: dict[str, Any]) -> None:
             route = f"{path}/{run['id']}/stream"
-            readers.extend(asyncio.create_task(self._follow(c, route)) for c in self._readers)
+            readers.extend(asyncio.create_task(self._follow(c, route)) for c in connections)
 
         try:
             state = await consume_run_stream(conn, head, result, attach)

@@ -58,7 +58,7 @@ OXISERVE = ServerSpec(
     "oxiserve",
     "oxiserve",
     "oxiserve",
-    ("--log-level", "warning", "--no-access-log", "--sim-mode", "lorem"),
+    ("--log-level", "warning", "--no-access-log", "--sim-mode", "lorem", "--db", ":memory:"),
     peer=False,
 )
 PEERS = (

@@ -26,6 +26,9 @@ from oxiserve.errors import error_response, render_error
 from oxiserve.http.connection import Connection
 from oxiserve.http.context import ServerContext
 from oxiserve.jobs import JobSupervisor
+from oxiserve.runs.manager import Runs
+from oxiserve.runs.worker import RunContext
+from oxiserve.store.sqlite import SqliteStore
 
 log = logging.getLogger("oxiserve")
 
@@ -67,7 +70,15 @@ class Server:
             raise RuntimeError("server already started")
         loop = asyncio.get_running_loop()
         engine = self._engine or create_engine(self.config)
-        self.state = AppState(self.config, engine, JobSupervisor(self.config.job_retention))
+        store = await SqliteStore.open(self.config.db)
+        try:
+            jobs = JobSupervisor(self.config.job_retention)
+            runs = Runs(RunContext(self.config, engine, store), jobs)
+            await runs.recover()
+        except BaseException:
+            await store.close()
+            raise
+        self.state = AppState(self.config, engine, jobs, store=store, runs=runs)
         ctx = self._ctx = ServerContext(
             self.config, build_router(self.state), loop,
             render_error=render_error, error_response=error_response,
@@ -111,6 +122,8 @@ class Server:
         await server.wait_closed()
         if self.state is not None:
             await self.state.engine.close()
+            if self.state.store is not None:
+                await self.state.store.close()
 
     async def __aenter__(self) -> Server:
         await self.start()

@@ -27,6 +27,35 @@ ENDPOINT_NOTES = {
     "`response_format` (`json_schema`, `strict`, `json_object`), `seed`",
     "/v1/completions": "legacy text completions; `stream`, `echo`, `logprobs`, prompt lists",
     "/v1/embeddings": "strings or token-id arrays; `encoding_format` float/base64, `dimensions`",
+    "POST /v1/assistants": "create an assistant (model, name, description, instructions, tools, "
+    "metadata, temperature, top_p, response_format)",
+    "GET /v1/assistants": "list assistants: `limit` 1-100, `order`, `after`, `before`",
+    "GET /v1/assistants/{id}": "one assistant",
+    "POST /v1/assistants/{id}": "modify an assistant (the fields given)",
+    "DELETE /v1/assistants/{id}": "delete an assistant",
+    "POST /v1/threads": "create a thread, with initial `messages` and `metadata`",
+    "POST /v1/threads/runs": "create a thread and run it; `stream` true for events",
+    "GET /v1/threads/{thread_id}": "one thread",
+    "POST /v1/threads/{thread_id}": "modify a thread's metadata",
+    "DELETE /v1/threads/{thread_id}": "delete a thread with its messages, runs and steps",
+    "POST /v1/threads/{thread_id}/messages": "add a message (string or content parts)",
+    "GET /v1/threads/{thread_id}/messages": "list messages: paging as above, `run_id` filter",
+    "GET /v1/threads/{thread_id}/messages/{message_id}": "one message",
+    "POST /v1/threads/{thread_id}/messages/{message_id}": "modify a message's metadata",
+    "DELETE /v1/threads/{thread_id}/messages/{message_id}": "delete a message",
+    "POST /v1/threads/{thread_id}/runs": "run the thread; `stream` true for token-by-token "
+    "events; one active run per thread",
+    "GET /v1/threads/{thread_id}/runs": "list runs",
+    "GET /v1/threads/{thread_id}/runs/{run_id}": "one run (`openai-poll-after-ms` while active)",
+    "POST /v1/threads/{thread_id}/runs/{run_id}": "modify a run's metadata",
+    "POST /v1/threads/{thread_id}/runs/{run_id}/cancel": "cancel: `cancelling`, then "
+    "`cancelled` within milliseconds; the partial message is kept `incomplete`",
+    "POST /v1/threads/{thread_id}/runs/{run_id}/submit_tool_outputs": "all outputs of a "
+    "`requires_action` run at once; `stream` true for the rest of the run",
+    "GET /v1/threads/{thread_id}/runs/{run_id}/stream": "**extension**: re-attach to a run's "
+    "events (snapshot, then live; a finished run's events from the store)",
+    "GET /v1/threads/{thread_id}/runs/{run_id}/steps": "list a run's steps",
+    "GET /v1/threads/{thread_id}/runs/{run_id}/steps/{step_id}": "one run step",
 }
 
 
@@ -49,7 +78,8 @@ def endpoints_table() -> str:
     router = build_router(AppState(config, SimEngine(config)))
     rows = ["| method | path | what |", "|---|---|---|"]
     for method, path in router.routes():
-        rows.append(f"| {method} | `{path}` | {ENDPOINT_NOTES.get(path, '')} |")
+        note = ENDPOINT_NOTES.get(f"{method} {path}", ENDPOINT_NOTES.get(path, ""))
+        rows.append(f"| {method} | `{path}` | {note} |")
     return "\n".join(rows)
 
 

@@ -82,6 +82,7 @@ SUMMARY_KEYS = {
 
 @asynccontextmanager
 async def oxiserve(**config: Any) -> AsyncIterator[Server]:
+    config.setdefault("db", ":memory:")
     async with Server(Config(port=0, access_log=False, log_level="warning", **config)) as server:
         yield server
 
@@ -208,20 +209,6 @@ async def test_poisson_arrivals_and_duration_bound(tmp_path: Path) -> None:
     assert poisson.path != timed.path
 
 
-@pytest.mark.parametrize("scenario", ["runs-stream", "fanout"])
-async def test_assistant_scenarios_report_the_missing_api(tmp_path: Path, scenario: str) -> None:
-    # Today oxiserve has no Assistants API: the run stops at the first 404 and says so. When
-    # issue 9 lands this fails, and so does the strict xfail below: replace both.
-    async with oxiserve() as server:
-        report = await bench(server.url, scenario, tmp_path, max_tokens=5, subscribers=2)
-    assert_well_formed(report)
-    assert report.unavailable is not None
-    assert report.unavailable.startswith("endpoint not available (404): POST /v1/")
-    assert (report.summary.requests, report.summary.ok) == (1, 0)
-    assert report.summary.errors == {"status:404": 1}
-
-
-@pytest.mark.xfail(strict=True, reason="Assistants API: issue 9")
 @pytest.mark.parametrize("scenario", ["runs-stream", "fanout"])
 async def test_assistant_scenarios_on_oxiserve(tmp_path: Path, scenario: str) -> None:
     async with oxiserve() as server:

@@ -53,7 +53,7 @@ def test_invalid_options_exit_with_a_message(
 def _start(*args: str, loop: str = "(asyncio|uvloop)") -> tuple[subprocess.Popen[bytes], str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "oxiserve", "--port", "0", *args],
+        [sys.executable, "-m", "oxiserve", "--port", "0", "--db", ":memory:", *args],
         stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     assert proc.stderr is not None

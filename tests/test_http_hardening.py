@@ -174,7 +174,7 @@ async def test_options_star_answers_the_servers_methods(raw: object) -> None:
     await client.send(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n" + GET)
     status, headers, body = await client.read_response()
     assert (status, body, headers["content-length"]) == (200, b"", "0")
-    assert set(headers["allow"].split(", ")) == {"GET", "HEAD", "POST", "OPTIONS"}
+    assert set(headers["allow"].split(", ")) == {"GET", "HEAD", "POST", "DELETE", "OPTIONS"}
     status, _, _ = await client.read_response()  # the connection goes on
     assert status == 200
 

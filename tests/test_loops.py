@@ -38,7 +38,7 @@ class UvloopHost(threading.Thread):
     async def _main(self) -> None:
         self._loop, self._quit = asyncio.get_running_loop(), asyncio.Event()
         self.loop_type = type(self._loop)
-        async with Server(Config(port=0, access_log=False)) as server:
+        async with Server(Config(port=0, access_log=False, db=":memory:")) as server:
             self.url = server.url
             self.started.set()
             await self._quit.wait()

@@ -58,6 +58,6 @@ def test_terminal_and_derived_sets() -> None:
     assert {R.CANCELLED, R.FAILED, R.COMPLETED, R.INCOMPLETE, R.EXPIRED} == TERMINAL
     assert {R.QUEUED, R.IN_PROGRESS, R.REQUIRES_ACTION, R.CANCELLING} == ACTIVE
     # The SDK's poll() stops on exactly these (openai-python, runs.poll).
-    assert POLL_DONE == TERMINAL | {R.REQUIRES_ACTION}
+    assert TERMINAL | {R.REQUIRES_ACTION} == POLL_DONE
     assert CANCELLABLE <= ACTIVE
     assert R.CANCELLING not in CANCELLABLE  # a second cancel changes nothing

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oxiserve.api import params
-from oxiserve.engine.base import ChatMessage, ResponseFormat, ToolSpec
+from oxiserve.engine.base import ChatMessage, ResponseFormat, ToolSpec, chatml
 from oxiserve.errors import InvalidRequest, echo
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -61,17 +61,11 @@ def parse(body: Any) -> ChatRequest:
     function_call = _function_call(body, functions)  # checked even without functions
     if functions:
         tool_choice, forced_tool = function_call
-    fmt = _response_format(body, messages)
-    prompt = render_prompt(messages)
+    fmt = read_response_format(body, messages)
+    prompt = chatml(messages)
     return ChatRequest(
         model, messages, prompt, functions or tools, tool_choice, forced_tool, fmt, bool(functions)
     )
-
-
-def render_prompt(messages: tuple[ChatMessage, ...]) -> str:
-    """ChatML rendering, ending with the assistant's turn."""
-    turns = [f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages]
-    return "".join(turns) + "<|im_start|>assistant\n"
 
 
 def _check_length(param: str, values: list[Any], limit: int) -> None:
@@ -164,7 +158,7 @@ def _tools(body: dict[str, Any]) -> tuple[ToolSpec, ...]:
         function = params.get_object(tool, "function", f"{where}.function")
         if function is None:
             raise params.missing(f"{where}.function")
-        tools.append(_function(function, f"{where}.function"))
+        tools.append(function_spec(function, f"{where}.function"))
     return tuple(tools)
 
 
@@ -180,11 +174,11 @@ def _functions(body: dict[str, Any]) -> tuple[ToolSpec, ...]:
             raise InvalidRequest(
                 f"Invalid 'functions[{i}]': expected an object.", param=f"functions[{i}]"
             )
-        specs.append(_function(function, f"functions[{i}]"))
+        specs.append(function_spec(function, f"functions[{i}]"))
     return tuple(specs)
 
 
-def _function(function: dict[str, Any], where: str) -> ToolSpec:
+def function_spec(function: dict[str, Any], where: str) -> ToolSpec:
     name = params.get_str(function, "name", param=f"{where}.name")
     if not _FUNCTION_NAME.fullmatch(name):
         raise InvalidRequest(
@@ -252,7 +246,7 @@ def _named(name: Any, tools: tuple[ToolSpec, ...], param: str, where: str) -> st
 # --- response_format ------------------------------------------------------------------------
 
 
-def _response_format(
+def read_response_format(
     body: dict[str, Any], messages: tuple[ChatMessage, ...]
 ) -> ResponseFormat | None:
     """The validated ``response_format``; without a schema of its own, one the conversation

@@ -1,4 +1,5 @@
-"""What every endpoint handler shares: the config, the engine and the job supervisor."""
+"""What every endpoint handler shares: the config, the engine, the job supervisor, the store
+and the runs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from oxiserve.config import Config
 from oxiserve.engine.base import Engine, ModelInfo
 from oxiserve.errors import ModelNotFound
 from oxiserve.jobs import JobSupervisor
+from oxiserve.runs.manager import Runs
+from oxiserve.store.base import Store
 
 
 @dataclass(slots=True)
@@ -17,6 +20,8 @@ class AppState:
     engine: Engine
     jobs: JobSupervisor = field(default_factory=JobSupervisor)
     started_at: float = field(default_factory=time.time)
+    store: Store | None = None  # None: the server was not started (handlers never see that)
+    runs: Runs | None = None
 
     def model(self, model_id: str) -> ModelInfo:
         for info in self.engine.models():

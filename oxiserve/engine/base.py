@@ -31,6 +31,13 @@ class ChatMessage:
     content: str
 
 
+def chatml(messages: Sequence[ChatMessage]) -> str:
+    """ChatML rendering of a conversation, ending with the assistant's turn (the prompt an
+    engine without a template of its own continues)."""
+    turns = [f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages]
+    return "".join(turns) + "<|im_start|>assistant\n"
+
+
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
     """A function the model may call (name, description, JSON schema of the arguments)."""

@@ -52,7 +52,7 @@ _UPSERT = """
 INSERT INTO objects (id, kind, owner, thread_id, parent, run_id, status, body)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
-    kind = excluded.kind, owner = excluded.owner, thread_id = excluded.thread_id,
+    thread_id = excluded.thread_id,
     parent = excluded.parent, run_id = excluded.run_id, status = excluded.status,
     body = excluded.body
 """
