@@ -33,6 +33,8 @@ class Sizes:
     footprint_runs: int = 5
     idle_connections: int = 1000
     import_runs: int = 3
+    runs: int = 8  # concurrent streamed Assistants runs (oxiserve only: peers have none)
+    fanout: tuple[int, ...] = (1, 100, 1000)  # subscribers per run, each a measurement
 
 
 FULL = Sizes()
@@ -46,6 +48,11 @@ class Measurement:
     concurrency: int
     max_tokens: int
     probed: bool = False  # a probe (bench/probe.py) measures new streams' TTFT beside it
+    subscribers: int = 0  # fan-out: re-attached readers of each run
+    oxiserve_only: bool = False  # an API the peers do not have (the Assistants runs)
+
+
+FANOUT = (1, 100, 1000)  # the fan-out sizes the table has rows for
 
 
 def measurements(sizes: Sizes) -> list[Measurement]:
@@ -54,7 +61,13 @@ def measurements(sizes: Sizes) -> list[Measurement]:
         Measurement("stream_32", "chat-stream", sizes.streams, sizes.stream_tokens, probed=True),
         Measurement("health", "health", sizes.json_concurrency, 16),
         Measurement("chat", "chat", sizes.json_concurrency, 16),
-    ]
+        Measurement("runs", "runs-stream", sizes.runs, sizes.stream_tokens, oxiserve_only=True),
+        *(
+            Measurement(f"fanout_{n}", "fanout", 1, sizes.stream_tokens, subscribers=n,
+                        oxiserve_only=True)
+            for n in sizes.fanout
+        ),
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +107,32 @@ METRICS = (
     Metric("health_cpu_us", "server CPU µs/request, /health", False, "health"),
     Metric("chat_rps", "non-stream chat requests/s", True, "chat"),
     Metric("chat_cpu_us", "server CPU µs/request, non-stream chat", False, "chat"),
+    Metric("runs_events_per_s", "Assistants run events/s, {runs} streamed runs", True, "runs"),
+    Metric("runs_cpu_us", "server CPU µs/event, {runs} streamed runs", False, "runs"),
+    *(
+        metric
+        for n in FANOUT
+        for metric in (
+            Metric(
+                f"fanout_{n}_events_per_s",
+                f"fan-out: delivered events/s, 1 run, {n} re-attached subscribers",
+                True,
+                f"fanout_{n}",
+            ),
+            Metric(
+                f"fanout_{n}_cpu_us",
+                f"fan-out: server CPU µs/delivered event, {n} subscribers",
+                False,
+                f"fanout_{n}",
+            ),
+            Metric(
+                f"fanout_{n}_rss_mb",
+                f"fan-out: server RSS MB after {n} subscribers",
+                False,
+                f"fanout_{n}",
+            ),
+        )
+    ),
     Metric("cold_start_ms", "cold start to first /health 200, ms (min)", False, "footprint"),
     Metric("idle_rss_mb", "idle RSS, MB", False, "footprint"),
     Metric("conns_rss_mb", "RSS with {conns} idle keep-alive connections, MB", False, "footprint"),
@@ -143,6 +182,14 @@ def figures_of(summaries: dict[str, Summary], footprint: Footprint | None) -> di
         "chat_rps": chat and chat.requests_per_s,
         "chat_cpu_us": chat and chat.server_cpu_us_per_request,
     }
+    runs = summaries.get("runs")
+    out["runs_events_per_s"] = runs and runs.events_per_s
+    out["runs_cpu_us"] = runs and runs.server_cpu_us_per_event
+    for n in FANOUT:
+        fan = summaries.get(f"fanout_{n}")
+        out[f"fanout_{n}_events_per_s"] = fan and fan.events_per_s
+        out[f"fanout_{n}_cpu_us"] = fan and fan.server_cpu_us_per_event
+        out[f"fanout_{n}_rss_mb"] = fan and fan.server_rss_mb
     if footprint is not None:
         out |= {
             "cold_start_ms": footprint.cold_start_ms,
@@ -205,7 +252,11 @@ async def measure_load(
         check_loop(server, loop)
         target = Target.parse(server.url)
         for m in measurements(sizes):
-            workload = Workload(max_tokens=m.max_tokens, include_usage=False)
+            if m.oxiserve_only and spec.key != OXISERVE.key:
+                continue
+            workload = Workload(
+                max_tokens=m.max_tokens, include_usage=False, subscribers=m.subscribers
+            )
             scenario = SCENARIOS[m.scenario](target, workload)
             warm = LoadSpec(concurrency=m.concurrency, duration=sizes.warmup)
             await run_load(target.host, target.port, scenario, warm)
@@ -217,6 +268,8 @@ async def measure_load(
             summary = outcome.summary()
             if probe is not None:
                 summary = replace(summary, probe_ttft_ms=await probe_result(probe))
+            if m.subscribers:
+                summary = replace(summary, server_rss_mb=server.rss_bytes() / 2**20)
             summaries[m.key] = summary
             log(_progress_line(m.key, summary))
     return summaries

@@ -20,8 +20,9 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
 
 def _label(metric: Metric, sizes: Sizes) -> str:
     return metric.label.format(
-        long=f"{sizes.long_stream_tokens:,}", streams=sizes.streams, conns=sizes.idle_connections
-    )
+        long=f"{sizes.long_stream_tokens:,}", streams=sizes.streams, conns=sizes.idle_connections,
+        runs=sizes.runs,
+    )  # fmt: skip
 
 
 def _cell(result: ServerResult, metric: Metric, base: ServerResult | None) -> str:

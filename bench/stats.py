@@ -98,6 +98,8 @@ class Summary:
     # A new stream's time to first token beside this load, from a client of its own
     # (bench/probe.py); only the 32-stream measurement has one.
     probe_ttft_ms: Distribution | None = None
+    # The server's resident memory right after the load (the Assistants fan-out reports it).
+    server_rss_mb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

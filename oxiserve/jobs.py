@@ -49,7 +49,9 @@ class ShuttingDown(RuntimeError):
 class Job:
     """One generation: its id, topic, policy and task (owned by the supervisor)."""
 
-    __slots__ = ("_supervisor", "ended_at", "id", "policy", "task", "terminal", "topic")
+    __slots__ = (
+        "_supervisor", "ended_at", "id", "policy", "retention", "task", "terminal", "topic",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -58,8 +60,10 @@ class Job:
         topic: Topic,
         policy: Policy,
         terminal: bytes | None,
+        retention: float,
     ) -> None:
         self._supervisor = supervisor
+        self.retention = retention  # seconds a detached job stays findable after it ends
         self.id = job_id
         self.topic = topic
         self.policy = policy
@@ -103,15 +107,20 @@ class JobSupervisor:
         policy: Policy = Policy.ATTACHED,
         job_id: str | None = None,
         terminal: bytes | None = None,
+        retention: float | None = None,
     ) -> Job:
         """Run ``run`` as a job publishing into ``topic``; ``terminal`` closes the topic if the
-        job is cancelled before it closed it (shutdown, or a detached job's cancel)."""
+        job is cancelled before it closed it (shutdown, or a detached job's cancel).
+        ``retention`` overrides the supervisor's for this job (e.g. 0 for one whose ended
+        stream a store can replay: its frames need not stay in memory)."""
         if self._closing:
             run.close()
             raise ShuttingDown("the server is shutting down")
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        job = Job(self, job_id or f"{self._prefix}{next(self._ids):06x}", topic, policy, terminal)
+        job_id = job_id or f"{self._prefix}{next(self._ids):06x}"
+        keep = self._retention if retention is None else retention
+        job = Job(self, job_id, topic, policy, terminal, keep)
         if policy is Policy.DETACHED:
             self._expire()
             self._detached[job.id] = job
@@ -169,11 +178,11 @@ class JobSupervisor:
         """Forget detached jobs whose retention has passed (lazily, on start and lookup)."""
         if not self._detached:
             return
-        horizon = self._now() - self._retention
+        now = self._now()
         expired = [
             job_id
             for job_id, job in self._detached.items()
-            if job.ended_at is not None and job.ended_at < horizon
+            if job.ended_at is not None and job.ended_at + job.retention <= now
         ]
         for job_id in expired:
             del self._detached[job_id]

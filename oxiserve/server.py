@@ -110,6 +110,8 @@ class Server:
             log.warning("shutdown timeout: closing %d busy connections", len(ctx.connections))
         if self.state is not None:
             await self.state.jobs.shutdown(max(0.0, deadline - loop.time()))
+            if self.state.runs is not None:
+                self.state.runs.close()
             if ctx.connections:  # streams whose jobs were cancelled now end: let them go out
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ctx.drained(), 0.2)

@@ -77,6 +77,7 @@ SUMMARY_KEYS = {
     "server_cpu_us_per_request",
     "client_cpu_util",
     "probe_ttft_ms",
+    "server_rss_mb",
 }
 
 
@@ -432,6 +433,7 @@ def _tiny_sizes() -> Sizes:
         footprint_runs=1,
         idle_connections=20,
         import_runs=1,
+        fanout=(1,),
     )
 
 

@@ -180,13 +180,22 @@ class Runs:
             log.warning("%d runs left unfinished by the previous process failed", len(runs))
         return len(runs)
 
+    def close(self) -> None:
+        """The server is stopping: no run expires from now on (the store fails what is left
+        unfinished when the next process starts)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
     # --- legs, expiry ---------------------------------------------------------------------------
 
     def _start_leg(self, active: ActiveRun) -> None:
         leg = RunLeg(self._ctx, active, {}, self._ended)
         terminal = objects.error_event("server_error", "The run was stopped.") + sse.EVENT_DONE
+        # Retention 0: once a leg has ended, its frames leave memory; a re-attach to it is
+        # replayed from the store, which holds the same text and objects.
         self._jobs.start(leg.run(), active.topic, policy=Policy.DETACHED,
-                         job_id=active.run["id"], terminal=terminal)  # fmt: skip
+                         job_id=active.run["id"], terminal=terminal, retention=0.0)  # fmt: skip
 
     async def _stop(self, active: ActiveRun, target: RunStatus) -> dict[str, Any]:
         run = active.run
