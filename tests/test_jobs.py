@@ -93,6 +93,27 @@ async def test_an_ended_detached_job_is_forgotten_after_its_retention() -> None:
     assert jobs.get(job.id) is None
 
 
+async def test_a_job_may_keep_a_retention_of_its_own() -> None:
+    now = [100.0]
+    jobs = JobSupervisor(retention=30, clock=lambda: now[0])
+    gate = asyncio.Event()
+
+    async def held(topic: Topic) -> None:
+        await gate.wait()
+        topic.close(b"end")
+
+    first, second = Topic(4), Topic(4)
+    brief = jobs.start(held(first), first, policy=Policy.DETACHED, retention=0.0)
+    usual = jobs.start(held(second), second, policy=Policy.DETACHED)
+    assert jobs.get(brief.id) is brief  # running: found whatever its retention
+    gate.set()
+    await wait_until(lambda: brief.done and usual.done)
+    assert jobs.get(brief.id) is None  # ended with retention 0: gone at once
+    assert jobs.get(usual.id) is usual
+    now[0] += 31.0
+    assert jobs.get(usual.id) is None
+
+
 async def test_a_failing_job_is_logged_once_and_ends_nothing_else(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
