@@ -215,7 +215,8 @@ async def test_lagging_reader_gets_every_token_exactly_once() -> None:
     async with running(
         stream_buffer=2, write_buffer_limit=1024, sim_itl_ms=1, sim_default_max_tokens=1000
     ) as server:
-        assert server.state is not None and server.state.runs is not None
+        assert server.state is not None
+        assert server.state.runs is not None
         runs = server.state.runs
         async with client_for(server) as http:
             asst, thread = await assistant_and_thread(http)
@@ -277,6 +278,18 @@ async def attach(server: Server, path: str, attached: asyncio.Event) -> bytes:
         return await response.aread()
 
 
+async def attached_or_failed(task: asyncio.Task[bytes], attached: asyncio.Event) -> None:
+    """Wait until ``task`` has its response head, or raise what made it fail."""
+    waiter = asyncio.create_task(attached.wait())
+    try:
+        await asyncio.wait({task, waiter}, timeout=TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done():
+        task.result()  # the attach failed: its own error, not a timeout
+    assert attached.is_set(), "no response head"
+
+
 async def test_reattach_mid_run_from_two_clients_gets_the_whole_run() -> None:
     async with (
         running(sim_itl_ms=2, sim_default_max_tokens=1000) as server,
@@ -297,7 +310,7 @@ async def test_reattach_mid_run_from_two_clients_gets_the_whole_run() -> None:
         first = asyncio.create_task(attach(server, path, first_attached))
         tasks = [first]
         try:
-            await asyncio.wait_for(first_attached.wait(), TIMEOUT)
+            await attached_or_failed(first, first_attached)
             await poll(http, messages_path, has_text(seen))  # the next checkpoint: later text
             status_at_second = (await get(http, f"/v1/threads/{t}/runs/{run['id']}"))["status"]
             second = asyncio.create_task(attach(server, path, second_attached))
