@@ -29,7 +29,6 @@ from oxiserve.runs.worker import (
     RunLeg,
     message_record,
     run_record,
-    run_topic,
     step_record,
 )
 from oxiserve.store.base import Kind, Record
@@ -71,10 +70,12 @@ class Runs:
         records: list[Record],
         owner: str = "",
         first: tuple[bytes, ...] = (),
+        headers: dict[str, str] | None = None,
     ) -> Topic:
         """Store the queued run with ``records`` (a new thread, additional messages), publish
         ``first`` (``thread.created``) and the run's first events, and queue its first leg."""
-        active = ActiveRun(run, assistant, run_topic(self._ctx.config.stream_buffer, {}), owner)
+        active = ActiveRun(run, assistant, Topic(2), owner, headers=headers or {})
+        active.new_leg(self._ctx.config.stream_buffer)
         self._register(active)
         try:
             await self._ctx.store.put(*records, run_record(run, owner))
@@ -126,7 +127,7 @@ class Runs:
         run["status"] = advance(active.status, RunStatus.QUEUED)
         run["required_action"] = None
         await self._ctx.store.put(step_record(step, active.owner), run_record(run, active.owner))
-        active.topic = run_topic(self._ctx.config.stream_buffer, {})
+        active.new_leg(self._ctx.config.stream_buffer)
         active.topic.publish(objects.event("thread.run.step.completed", step))
         active.topic.publish(objects.event("thread.run.queued", run))
         self._start_leg(active)
@@ -190,7 +191,7 @@ class Runs:
     # --- legs, expiry ---------------------------------------------------------------------------
 
     def _start_leg(self, active: ActiveRun) -> None:
-        leg = RunLeg(self._ctx, active, {}, self._ended)
+        leg = RunLeg(self._ctx, active, self._ended)
         terminal = objects.error_event("server_error", "The run was stopped.") + sse.EVENT_DONE
         # Retention 0: once a leg has ended, its frames leave memory; a re-attach to it is
         # replayed from the store, which holds the same text and objects.
@@ -203,10 +204,11 @@ class Runs:
         active.stop_as = target
         if target is RunStatus.CANCELLED:
             run["status"] = advance(active.status, RunStatus.CANCELLING)
-            await self._ctx.store.put(run_record(run, active.owner))
             if not active.topic.closed:
                 active.topic.publish(objects.event("thread.run.cancelling", run))
-        snapshot = dict(run)
+        snapshot = dict(run)  # before any await: the leg may end the run meanwhile
+        if target is RunStatus.CANCELLED:
+            await self._ctx.store.put(run_record(run, active.owner))
         if waiting:
             await self._end_waiting(active, target)
         elif active.stream is not None:
@@ -248,7 +250,7 @@ class Runs:
         self._active[run["id"]] = active
         self._threads[run["thread_id"]] = run["id"]
         loop = asyncio.get_running_loop()
-        delay = max(0.0, run["expires_at"] - objects.now())
+        delay = self._ctx.config.run_timeout  # from now: expires_at is whole seconds
         self._timers[run["id"]] = loop.call_later(delay, self._expire, run["id"])
 
     def _ended(self, active: ActiveRun) -> None:

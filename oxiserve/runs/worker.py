@@ -6,7 +6,7 @@ Every status change goes through :func:`~oxiserve.runs.states.advance`, is store
 published; the final message, step and run are committed in one transaction before the
 terminal event is published, so a client that saw ``thread.run.completed`` finds the message.
 
-    leg = RunLeg(ctx, active)            # active: the run's in-memory record (ActiveRun)
+    leg = RunLeg(ctx, active, on_end)    # active: the run's in-memory record (ActiveRun)
     await leg.run()                      # the detached job's coroutine
 """
 
@@ -70,16 +70,21 @@ class ActiveRun:
     history: list[ChatMessage] = field(default_factory=list)  # tool turns of earlier legs
     usage: Usage = field(default_factory=Usage)
     legs: int = 0
+    headers: dict[str, str] = field(default_factory=dict)  # for the engine (x-sim-error)
+    # The current leg's messages by text key: the leg writes it, its topic's lag recovery
+    # reads it (so both must hold this one dict; ``new_leg`` replaces the pair).
+    message_ids: dict[int, str] = field(default_factory=dict)
+
+    def new_leg(self, capacity: int) -> Topic:
+        """A fresh topic (and message index) for the next leg."""
+        ids: dict[int, str] = {}
+        self.message_ids = ids
+        self.topic = Topic(capacity, lambda key, text: objects.message_delta(ids[key], text))
+        return self.topic
 
     @property
     def status(self) -> RunStatus:
         return RunStatus(self.run["status"])
-
-
-def run_topic(capacity: int, message_ids: dict[int, str]) -> Topic:
-    """A leg's topic: text key k is the k-th message it made (lag recovery re-sends missed
-    text as one delta of that message)."""
-    return Topic(capacity, lambda key, text: objects.message_delta(message_ids[key], text))
 
 
 class RunLeg:
@@ -89,12 +94,11 @@ class RunLeg:
         self,
         ctx: RunContext,
         active: ActiveRun,
-        message_ids: dict[int, str],
         on_end: Callable[[ActiveRun], None],
     ) -> None:
         self._ctx = ctx
         self._active = active
-        self._message_ids = message_ids
+        self._message_ids = active.message_ids  # this leg's (its topic reads the same dict)
         self._on_end = on_end
         self._message: dict[str, Any] | None = None
         self._step: dict[str, Any] | None = None
@@ -206,6 +210,7 @@ class RunLeg:
             tool_choice=self._tool_choice()[0],
             forced_tool=self._tool_choice()[1],
             response_format=response_format(run.get("response_format")),
+            headers=active.headers,
             prompt_tokens=prompt_tokens,
         )
 

@@ -3,6 +3,7 @@ modify, cancel, submit tool outputs, and re-attach to a run's stream (our extens
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from oxiserve.api import params
@@ -24,6 +25,7 @@ from oxiserve.api.assistants.common import (
 )
 from oxiserve.api.assistants.threads import new_thread
 from oxiserve.api.routes import Route
+from oxiserve.api.sampling import engine_headers
 from oxiserve.api.state import AppState
 from oxiserve.broadcast import Topic
 from oxiserve.errors import InvalidRequest, echo
@@ -79,7 +81,7 @@ async def _start(
     if active is not None:
         raise InvalidRequest(f"Thread {thread_id} already has an active run {active}.")
     records = [*records, *(message_record(m, owner) for m in added)]
-    topic = await runs.start(run, assistant, records, owner, first)
+    topic = await runs.start(run, assistant, records, owner, first, engine_headers(request))
     if params.get_bool(body, "stream"):
         return _stream(state, topic)
     return json_response(run)
@@ -92,7 +94,7 @@ def _new_run(state: AppState, body: dict[str, Any], thread_id: str) -> dict[str,
         "id": objects.new_id("run"), "object": "thread.run", "created_at": created,
         "thread_id": thread_id, "assistant_id": params.get_str(body, "assistant_id"),
         "status": "queued", "required_action": None, "last_error": None,
-        "expires_at": created + int(state.config.run_timeout), "started_at": None,
+        "expires_at": created + math.ceil(state.config.run_timeout), "started_at": None,
         "cancelled_at": None, "failed_at": None, "completed_at": None,
         "incomplete_details": None,
     }  # fmt: skip
