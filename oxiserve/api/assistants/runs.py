@@ -133,7 +133,7 @@ def _inherit(run: dict[str, Any], assistant: dict[str, Any], body: dict[str, Any
     if run["response_format"] is None:
         run["response_format"] = assistant.get("response_format") or "auto"
     if run["tool_choice"] is None:
-        run["tool_choice"] = "auto" if run["tools"] else "none"
+        run["tool_choice"] = "auto"
 
 
 def _truncation(body: dict[str, Any]) -> dict[str, Any]:
