@@ -83,6 +83,34 @@ def test_capacity_must_be_positive(capacity: int) -> None:
         Topic(capacity)
 
 
+def test_a_resumed_subscriber_starts_at_its_cursor() -> None:
+    topic = make_topic(4)
+    topic.publish(b"C0|")
+    for piece in ("a", "b", "c"):
+        topic.publish_text(piece)  # frames 1..3
+    resumed = topic.subscribe(2, {0: 1})  # it had frames 0 and 1: the text "a"
+    assert resumed.receive_nowait() == [enc(0, "b"), enc(0, "c")]
+    with pytest.raises(WouldBlock):  # at the head: nothing yet
+        topic.subscribe(4).receive_nowait()
+    with pytest.raises(ValueError, match="cursor"):
+        topic.subscribe(5)
+    with pytest.raises(ValueError, match="cursor"):
+        topic.subscribe(-1)
+
+
+def test_a_cursor_older_than_the_ring_gets_exactly_the_missed_text() -> None:
+    topic = make_topic(2)
+    topic.publish(b"C0|")
+    for piece in ("ab", "cd", "ef", "gh"):
+        topic.publish_text(piece)  # frames 1..4; the ring holds 3 and 4 only
+    topic.publish(b"C5|")
+    resumed = topic.subscribe(2, {0: 2})  # it had "ab" (frames 0 and 1)
+    got = resumed.receive_nowait()
+    assert isinstance(got, Lagged)
+    assert got.frames == [enc(0, "cdefgh"), b"C5|"]
+    assert topic.statistics().subscribers == 1
+
+
 def test_subscriber_has_no_public_constructor() -> None:
     topic = make_topic()
     with pytest.raises(TypeError, match="no public constructor"):

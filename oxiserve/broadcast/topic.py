@@ -146,10 +146,19 @@ class Topic:
         """All text published so far for ``key``."""
         return self._log.text(key)
 
-    def subscribe(self) -> Subscriber:
-        """A new subscriber with its cursor at 0 (it sees the whole stream)."""
+    def subscribe(self, cursor: int = 0, delivered: dict[int, int] | None = None) -> Subscriber:
+        """A new subscriber that gets every frame from ``cursor`` on (0: the whole stream).
+
+        A reader resuming a stream it read up to ``cursor - 1`` says, in ``delivered``, how
+        much text per key it has; a cursor the ring no longer holds then gets exactly the
+        rest of that text (``Lagged``), as a reader overrun live does."""
+        if not 0 <= cursor <= self._seq:
+            raise ValueError(f"cursor {cursor} is not in 0..{self._seq}")
         self._subscribers += 1
-        return Subscriber._create(self)
+        subscriber = Subscriber._create(self)
+        subscriber._cursor = cursor
+        subscriber._delivered = dict(delivered or {})
+        return subscriber
 
     async def wait_first(self) -> None:
         """Return once at least one frame was published or the topic was closed."""

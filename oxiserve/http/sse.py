@@ -26,16 +26,23 @@ def event_frame(event: str, payload: bytes) -> bytes:
     return b"event: %b\ndata: %b\n\n" % (event.encode("ascii"), payload)
 
 
-async def pump(topic: Topic, writer: BodyWriter, keepalive: float) -> None:
+async def pump(
+    topic: Topic,
+    writer: BodyWriter,
+    keepalive: float,
+    cursor: int = 0,
+    delivered: dict[int, int] | None = None,
+) -> None:
     """Deliver a topic to one client until the topic ends (or the client leaves).
 
     Caught up, the subscriber is live: ``Topic.publish`` writes each frame
     straight to the transport.  When the client reads slowly the connection
     pauses us; frames then wait in the ring (or, if overrun, are recovered
     from the topic's text) and go out as one batch on resume.  A ``: ping``
-    comment is written when the topic was silent for ``keepalive`` seconds.
+    comment is written when the topic was silent for ``keepalive`` seconds.  A resumed
+    stream starts at ``cursor``, its reader holding ``delivered`` text (``Topic.subscribe``).
     """
-    subscriber = topic.subscribe()
+    subscriber = topic.subscribe(cursor, delivered)
     loop = asyncio.get_running_loop()
     ping: asyncio.TimerHandle | None = None
     last_seq = -1
