@@ -53,6 +53,10 @@ class Config:
         "oxiserve.db",
         "SQLite file for assistants, threads, messages and runs (:memory: keeps nothing)",
     )
+    response_retention: float = _opt(
+        600.0, "seconds a background response's events stay in memory for resumed streams "
+        "(after that a resumed stream is replayed from the store)",
+    )
     run_timeout: float = _opt(
         600.0, "seconds a run may take, waiting for tool outputs included, before it expires"
     )

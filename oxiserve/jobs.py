@@ -50,7 +50,8 @@ class Job:
     """One generation: its id, topic, policy and task (owned by the supervisor)."""
 
     __slots__ = (
-        "_supervisor", "ended_at", "id", "policy", "retention", "task", "terminal", "topic",
+        "_supervisor", "ended_at", "id", "payload", "policy", "retention", "task", "terminal",
+        "topic",
     )  # fmt: skip
 
     def __init__(
@@ -70,6 +71,7 @@ class Job:
         self.terminal = terminal  # the frame that ends the topic if the job is cancelled
         self.task: asyncio.Task[None] | None = None
         self.ended_at: float | None = None
+        self.payload: object = None  # what the starter keeps with the job (a response's state)
 
     @property
     def done(self) -> bool:

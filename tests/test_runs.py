@@ -12,7 +12,7 @@ from oxiserve.config import Config
 from oxiserve.engine.sim import SimEngine
 from oxiserve.jobs import JobSupervisor
 from oxiserve.runs import objects
-from oxiserve.runs.manager import RESTARTED, Runs
+from oxiserve.runs.manager import RESTARTED, NotAccepting, Runs
 from oxiserve.runs.worker import RunContext, message_record, run_record, step_record
 from oxiserve.store.base import Kind
 from oxiserve.store.sqlite import SqliteStore
@@ -171,3 +171,129 @@ async def test_a_finished_run_is_replayed_from_the_store() -> None:
         (delta,) = of(again, "thread.message.delta")
         assert delta["delta"]["content"][0]["text"]["value"] == live
         assert of(again, "thread.run.completed") == of(events, "thread.run.completed")
+
+
+# --- rejected requests change nothing (found by review) ------------------------------------
+
+
+async def test_a_bad_stream_flag_creates_no_run_and_no_thread() -> None:
+    async with (
+        running() as server,
+        httpx.AsyncClient(base_url=server.url, headers=BETA, timeout=TIMEOUT) as http,
+    ):
+        asst, thread = await assistant_and_thread(http)
+        bad = await http.post(f"/v1/threads/{thread['id']}/runs",
+                              json={"assistant_id": asst["id"], "stream": "yes"})  # fmt: skip
+        assert (bad.status_code, bad.json()["error"]["param"]) == (400, "stream")
+        runs = (await http.get(f"/v1/threads/{thread['id']}/runs")).json()["data"]
+        assert runs == []
+        assert server.state is not None
+        store = server.state.store
+        assert store is not None
+        before = (await store.list(Kind.THREAD, limit=100)).data
+        bad = await http.post("/v1/threads/runs", json={
+            "assistant_id": asst["id"], "stream": 1,
+            "thread": {"messages": [{"role": "user", "content": "hi"}]},
+        })  # fmt: skip
+        assert bad.status_code == 400
+        assert (await store.list(Kind.THREAD, limit=100)).data == before
+
+
+async def test_a_bad_stream_flag_on_submit_leaves_the_run_waiting() -> None:
+    async with (
+        running() as server,
+        httpx.AsyncClient(base_url=server.url, headers=BETA, timeout=TIMEOUT) as http,
+    ):
+        thread, events = await _stream_run(http, {}, tools=[WEATHER], tool_choice=FORCE_WEATHER)
+        (run,) = of(events, "thread.run.requires_action")
+        (step,) = of(events, "thread.run.step.created")
+        assert step["usage"] is None  # a step in progress has no usage yet
+        path = f"/v1/threads/{thread['id']}/runs/{run['id']}"
+        call = run["required_action"]["submit_tool_outputs"]["tool_calls"][0]
+        outputs = [{"tool_call_id": call["id"], "output": "21C"}]
+        bad = await http.post(f"{path}/submit_tool_outputs",
+                              json={"tool_outputs": outputs, "stream": "true"})  # fmt: skip
+        assert bad.status_code == 400
+        assert (await http.get(path)).json()["status"] == "requires_action"
+        good = await http.post(f"{path}/submit_tool_outputs", json={"tool_outputs": outputs})
+        assert good.status_code == 200
+        for _ in range(500):  # bounded: a zero-latency leg ends within a few polls
+            if (await http.get(path)).json()["status"] == "completed":
+                break
+        steps = (await http.get(f"{path}/steps", params={"order": "asc"})).json()["data"]
+        assert steps[0]["type"] == "tool_calls"
+        assert steps[0]["usage"]["completion_tokens"] > 0  # filled in when it completed
+
+
+@pytest.mark.parametrize("what", ["delete", "modify"])
+async def test_the_message_a_run_is_writing_cannot_be_changed(what: str) -> None:
+    async with (
+        running(sim_itl_ms=2) as server,
+        httpx.AsyncClient(base_url=server.url, headers=BETA, timeout=TIMEOUT) as http,
+    ):
+        asst, thread = await assistant_and_thread(http)
+        created = await http.post(f"/v1/threads/{thread['id']}/runs",
+                                  json={"assistant_id": asst["id"],
+                                        "max_completion_tokens": 2000})  # fmt: skip
+        run = created.json()
+        path = f"/v1/threads/{thread['id']}/messages"
+        message = None
+        for _ in range(2000):  # bounded: the message appears with the first token
+            listed = (await http.get(path, params={"run_id": run["id"]})).json()["data"]
+            if listed:
+                message = listed[0]
+                break
+        assert message is not None
+        if what == "delete":
+            refused = await http.delete(f"{path}/{message['id']}")
+        else:
+            refused = await http.post(f"{path}/{message['id']}", json={"metadata": {"k": "v"}})
+        assert refused.status_code == 400
+        assert run["id"] in refused.json()["error"]["message"]
+        await http.post(f"/v1/threads/{thread['id']}/runs/{run['id']}/cancel")
+        kept = (await http.get(f"{path}/{message['id']}")).json()
+        assert kept["metadata"] == {}
+
+
+async def test_tool_choice_must_name_a_tool_the_run_has() -> None:
+    async with (
+        running() as server,
+        httpx.AsyncClient(base_url=server.url, headers=BETA, timeout=TIMEOUT) as http,
+    ):
+        asst, thread = await assistant_and_thread(http, tools=[WEATHER])
+        path = f"/v1/threads/{thread['id']}/runs"
+        nope = {"type": "function", "function": {"name": "nope"}}
+        for choice in (nope, "required"):
+            tools = [] if choice == "required" else None
+            body = {"assistant_id": asst["id"], "tool_choice": choice}
+            if tools is not None:
+                body["tools"] = tools
+            refused = await http.post(path, json=body)
+            assert (refused.status_code, refused.json()["error"]["param"]) == (400, "tool_choice")
+        assert (await http.get(path)).json()["data"] == []
+
+
+async def test_cancelling_a_finished_run_names_its_status() -> None:
+    async with (
+        running() as server,
+        httpx.AsyncClient(base_url=server.url, headers=BETA, timeout=TIMEOUT) as http,
+    ):
+        thread, events = await _stream_run(http, {})
+        run_id = events[0][1]["id"]
+        refused = await http.post(f"/v1/threads/{thread['id']}/runs/{run_id}/cancel")
+        assert refused.status_code == 400
+        assert "'completed'" in refused.json()["error"]["message"]
+
+
+async def test_a_thread_being_changed_takes_no_second_holder() -> None:
+    config = Config(db=":memory:")
+    store = await SqliteStore.open(":memory:")
+    try:
+        runs = Runs(RunContext(config, SimEngine(config), store), JobSupervisor())
+        with runs.reserving("thread_1"):
+            assert runs.active_run("thread_1") is not None
+            with pytest.raises(NotAccepting), runs.reserving("thread_1"):
+                pass
+        assert runs.active_run("thread_1") is None  # released when nothing took it over
+    finally:
+        await store.close()

@@ -14,7 +14,9 @@ One active run per thread (a second one is refused by the API layer with 400, as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from oxiserve.broadcast import Topic
@@ -53,7 +55,23 @@ class Runs:
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     def active_run(self, thread_id: str) -> str | None:
+        """The id of the thread's active run (or of what holds the thread, see ``reserving``)."""
         return self._threads.get(thread_id)
+
+    @contextlib.contextmanager
+    def reserving(self, thread_id: str) -> Iterator[None]:
+        """Hold the thread while a run is being started on it or it is being deleted: a
+        second run, or a delete, is refused meanwhile (``NotAccepting``).  A run started
+        inside takes the hold over."""
+        holder = self._threads.get(thread_id)
+        if holder is not None:
+            raise NotAccepting(f"Thread {thread_id} already has an active run {holder}.")
+        marker = self._threads[thread_id] = f"(being changed: {id(object())})"
+        try:
+            yield
+        finally:
+            if self._threads.get(thread_id) == marker:
+                del self._threads[thread_id]
 
     def get(self, run_id: str) -> ActiveRun | None:
         return self._active.get(run_id)
@@ -119,6 +137,8 @@ class Runs:
             [objects.tool_call_object(call, outputs[call.id]) for call in active.pending_calls]
         )
         step["status"], step["completed_at"] = "completed", objects.now()
+        if active.tool_usage is not None:
+            step["usage"] = objects.usage_object(active.tool_usage)
         for call in active.pending_calls:
             active.history.append(ChatMessage("assistant", f"{call.name}({call.arguments})"))
             active.history.append(ChatMessage("tool", outputs[call.id]))

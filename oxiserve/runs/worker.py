@@ -70,6 +70,7 @@ class ActiveRun:
     history: list[ChatMessage] = field(default_factory=list)  # tool turns of earlier legs
     usage: Usage = field(default_factory=Usage)
     legs: int = 0
+    tool_usage: Usage | None = None
     headers: dict[str, str] = field(default_factory=dict)  # for the engine (x-sim-error)
     # The current leg's messages by text key: the leg writes it, its topic's lag recovery
     # reads it (so both must hold this one dict; ``new_leg`` replaces the pair).
@@ -229,7 +230,9 @@ class RunLeg:
         choice = run.get("tool_choice") or "auto"
         if isinstance(choice, dict):
             name = (choice.get("function") or {}).get("name")
-            return ("required", name) if choice.get("type") == "function" else ("auto", None)
+            if choice.get("type") == "function":
+                return "required", name
+            return "none", None  # file_search / code_interpreter: no function is called
         return str(choice), None
 
     # --- what the stream produced -------------------------------------------------------------
@@ -280,7 +283,6 @@ class RunLeg:
             self._finish_step("completed", None)
             records.append(self._step_record(self._step))
         step = objects.step_object(run, "tool_calls", objects.tool_step_details([]))
-        step["usage"] = objects.usage_object(usage)
         topic = active.topic
         topic.publish(objects.event("thread.run.step.created", step))
         topic.publish(objects.event("thread.run.step.in_progress", step))
@@ -295,6 +297,7 @@ class RunLeg:
             [objects.tool_call_object(call) for call in calls]
         )
         active.tool_step, active.pending_calls = step, list(calls)
+        active.tool_usage = usage  # the step's, once it completes (null while in progress)
         run["required_action"] = {
             "type": "submit_tool_outputs",
             "submit_tool_outputs": {

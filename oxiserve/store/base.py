@@ -34,6 +34,9 @@ class Kind(enum.StrEnum):
     MESSAGE = "message"
     RUN = "run"
     STEP = "step"
+    RESPONSE = "response"
+    CONVERSATION = "conversation"
+    ITEM = "item"  # an input item of a response, or an item of a conversation (its parent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,6 +168,13 @@ def new_message(body: Any, thread_id: str, where: str = "") -> dict[str, Any]:
         raise params.missing(f"{at}content")
     content = message_content(body["content"], f"{at}content")
     attachments = params.get_list(body, "attachments") or []
+    if len(attachments) > 10 or not all(
+        isinstance(a, dict) and isinstance(a.get("file_id"), str) for a in attachments
+    ):
+        raise InvalidRequest(
+            f"Invalid '{at}attachments': at most 10 objects, each with a 'file_id'.",
+            param=f"{at}attachments",
+        )
     return objects.message_object(
         thread_id, role, content, attachments=attachments, metadata=metadata(body)
     )

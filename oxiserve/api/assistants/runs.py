@@ -37,7 +37,7 @@ from oxiserve.runs.states import TERMINAL
 from oxiserve.runs.worker import message_record, run_record
 from oxiserve.store.base import Kind, Record
 
-MAX_RUN_TOOLS = 128
+MAX_RUN_TOOLS = 20  # a run's own tools (an assistant may have 128)
 POLL_AFTER_MS = "25"  # the SDK's poll helpers wait this long between polls of an active run
 
 
@@ -65,6 +65,7 @@ async def _start(
     first: tuple[bytes, ...],
 ) -> Response | StreamResponse:
     assistant_id = params.get_str(body, "assistant_id")
+    stream = params.get_bool(body, "stream")  # every check before anything is stored
     run = _new_run(state, body, thread_id)
     extra = params.get_list(body, "additional_messages") or []
     if len(extra) > MAX_INITIAL_MESSAGES:
@@ -77,12 +78,16 @@ async def _start(
     assistant = await fetch(state, request, Kind.ASSISTANT, assistant_id)
     _inherit(run, assistant, body)
     runs = runs_of(state)
-    active = runs.active_run(thread_id)
-    if active is not None:
-        raise InvalidRequest(f"Thread {thread_id} already has an active run {active}.")
     records = [*records, *(message_record(m, owner) for m in added)]
-    topic = await runs.start(run, assistant, records, owner, first, engine_headers(request))
-    if params.get_bool(body, "stream"):
+    try:
+        with runs.reserving(thread_id):  # no other run, and no delete, until this one starts
+            if not first:  # an existing thread: it must still be there
+                await fetch(state, request, Kind.THREAD, thread_id)
+            topic = await runs.start(run, assistant, records, owner, first,
+                                     engine_headers(request))  # fmt: skip
+    except NotAccepting as exc:
+        raise InvalidRequest(str(exc)) from None
+    if stream:
         return _stream(state, topic)
     return json_response(run)
 
@@ -134,6 +139,18 @@ def _inherit(run: dict[str, Any], assistant: dict[str, Any], body: dict[str, Any
         run["response_format"] = assistant.get("response_format") or "auto"
     if run["tool_choice"] is None:
         run["tool_choice"] = "auto"
+    functions = [t["function"]["name"] for t in run["tools"] if t["type"] == "function"]
+    choice = run["tool_choice"]
+    if choice == "required" and not functions:
+        raise InvalidRequest("'tool_choice' 'required' needs a function tool.",
+                             param="tool_choice")  # fmt: skip
+    if isinstance(choice, dict) and choice["type"] == "function":
+        name = choice["function"]["name"]
+        if name not in functions:
+            raise InvalidRequest(
+                f"Invalid 'tool_choice': no function named '{echo(str(name), 64)}' in the run's "
+                "or the assistant's tools.", param="tool_choice",
+            )  # fmt: skip
 
 
 def _truncation(body: dict[str, Any]) -> dict[str, Any]:
@@ -160,13 +177,9 @@ def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]] | None) -> An
     if isinstance(choice, dict) and choice.get("type") == "function":
         function = choice.get("function")
         name = function.get("name") if isinstance(function, dict) else None
-        names = [t["function"]["name"] for t in tools or [] if t["type"] == "function"]
-        if tools is not None and name not in names:
-            raise InvalidRequest(
-                f"Invalid 'tool_choice': no function named '{echo(str(name), 64)}' in 'tools'.",
-                param="tool_choice",
-            )
-        return {"type": "function", "function": {"name": name}}
+        if not isinstance(name, str):
+            raise params.missing("tool_choice.function.name")
+        return {"type": "function", "function": {"name": name}}  # checked by _inherit
     if isinstance(choice, dict) and choice.get("type") in ("file_search", "code_interpreter"):
         return {"type": choice["type"]}
     raise InvalidRequest(
@@ -223,12 +236,13 @@ async def cancel_run(state: AppState, request: Request) -> Response:
     run = await _run(state, request)
     try:
         return json_response(await runs_of(state).cancel(run["id"]))
-    except NotAccepting as exc:
-        raise InvalidRequest(str(exc)) from None
+    except NotAccepting:
+        raise InvalidRequest(f"Cannot cancel run with status '{run['status']}'.") from None
 
 
 async def submit_tool_outputs(state: AppState, request: Request) -> Response | StreamResponse:
     body = params.require_object(request.json())
+    stream = params.get_bool(body, "stream")
     raw = params.get_list(body, "tool_outputs")
     if raw is None:
         raise params.missing("tool_outputs")
@@ -249,7 +263,7 @@ async def submit_tool_outputs(state: AppState, request: Request) -> Response | S
         raise InvalidRequest(str(exc)) from None
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="tool_outputs") from None
-    if params.get_bool(body, "stream"):
+    if stream:
         return _stream(state, topic)
     active = runs_of(state).get(run["id"])
     return json_response(dict(active.run) if active is not None else await _run(state, request))

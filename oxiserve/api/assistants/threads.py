@@ -23,6 +23,7 @@ from oxiserve.api.state import AppState
 from oxiserve.errors import InvalidRequest
 from oxiserve.http.messages import Request, Response, json_response
 from oxiserve.runs import objects
+from oxiserve.runs.manager import NotAccepting
 from oxiserve.runs.worker import message_record
 from oxiserve.store.base import Kind, Record
 
@@ -77,11 +78,13 @@ async def modify_thread(state: AppState, request: Request) -> Response:
 async def delete_thread(state: AppState, request: Request) -> Response:
     thread_id = request.params["thread_id"]
     await fetch(state, request, Kind.THREAD, thread_id)
-    if runs_of(state).active_run(thread_id) is not None:
+    try:
+        with runs_of(state).reserving(thread_id):  # no run starts while it goes
+            await store_of(state).delete(Kind.THREAD, thread_id, owner=owner_of(request))
+    except NotAccepting:
         raise InvalidRequest(
             f"Thread {thread_id} has an active run; cancel it or wait for it to end first."
-        )
-    await store_of(state).delete(Kind.THREAD, thread_id, owner=owner_of(request))
+        ) from None
     return json_response(deleted(thread_id, "thread"))
 
 
@@ -112,6 +115,7 @@ async def get_message(state: AppState, request: Request) -> Response:
 async def modify_message(state: AppState, request: Request) -> Response:
     body = params.require_object(request.json())
     message = await _message(state, request)
+    _not_generating(state, message, "modify")
     meta = metadata(body)
     if meta is not None:
         message["metadata"] = meta
@@ -121,8 +125,17 @@ async def modify_message(state: AppState, request: Request) -> Response:
 
 async def delete_message(state: AppState, request: Request) -> Response:
     message = await _message(state, request)
+    _not_generating(state, message, "delete")
     await store_of(state).delete(Kind.MESSAGE, message["id"], owner=owner_of(request))
     return json_response(deleted(message["id"], "thread.message"))
+
+
+def _not_generating(state: AppState, message: dict[str, Any], what: str) -> None:
+    run_id = message.get("run_id")
+    if run_id is not None and runs_of(state).get(run_id) is not None:
+        raise InvalidRequest(
+            f"Cannot {what} message {message['id']} while its run {run_id} is active."
+        )
 
 
 async def _message(state: AppState, request: Request) -> dict[str, Any]:

@@ -1,0 +1,305 @@
+"""/v1/responses: create (plain, streamed, background), retrieve (JSON, or the stream resumed
+with ``starting_after``), delete, cancel, input items."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from oxiserve.api import params
+from oxiserve.api.assistants.common import list_object, owner_of, query, store_of
+from oxiserve.api.responses import inputs
+from oxiserve.api.routes import Route
+from oxiserve.api.sampling import engine_headers
+from oxiserve.api.shapes import api_error
+from oxiserve.api.state import AppState
+from oxiserve.engine.base import GenerationRequest, chatml
+from oxiserve.errors import InvalidRequest, NotFound, echo
+from oxiserve.http import sse
+from oxiserve.http.messages import BodyWriter, Request, Response, StreamResponse, json_response
+from oxiserve.jobs import Job, Policy
+from oxiserve.responses import objects
+from oxiserve.responses.job import ResponseContext, ResponseJob, item_record, response_record
+from oxiserve.responses.writer import replay
+from oxiserve.store.base import Kind
+
+MAX_CHAIN = 256  # previous_response_id links followed
+MAX_CONTEXT_ITEMS = 10_000
+
+
+async def create_response(state: AppState, request: Request) -> Response | StreamResponse:
+    body = params.require_object(request.json())
+    model = state.model(params.get_str(body, "model")).id
+    stream = params.get_bool(body, "stream")
+    background = params.get_bool(body, "background")
+    store = params.get_bool(body, "store", True)
+    if background and not store:
+        raise InvalidRequest("A background response must be stored: 'background' needs "
+                             "'store' true.", param="background")  # fmt: skip
+    settings, generation = _settings(state, body)
+    previous = settings.get("previous_response_id")
+    conversation_id = _conversation_id(body)
+    if previous is not None and conversation_id is not None:
+        raise InvalidRequest("Use 'previous_response_id' or 'conversation', not both.",
+                             param="conversation")  # fmt: skip
+    items = [] if body.get("input") is None else inputs.read_input(body["input"])
+    if not items and previous is None and conversation_id is None:
+        raise params.missing("input")
+    owner = owner_of(request)
+    context = await _previous_items(state, previous, owner) if previous else []
+    if conversation_id is not None:
+        context = await _conversation_items(state, conversation_id, owner)
+        settings["conversation"] = {"id": conversation_id}
+    messages = inputs.chat_messages(settings.get("instructions"), [*context, *items])
+    prompt = chatml(messages)
+    response = objects.response_object(objects.new_id("resp"), model, settings,
+                                       background=background)  # fmt: skip
+    response["_streamed"] = stream
+    engine_request = GenerationRequest(
+        model=model, prompt=prompt, messages=tuple(messages), headers=engine_headers(request),
+        prompt_tokens=state.engine.count_tokens(prompt), **generation,
+    )  # fmt: skip
+    ctx = ResponseContext(state.config, state.engine, store_of(state))
+    job = ResponseJob(ctx, response, engine_request, owner=owner, input_items=items,
+                      conversation_id=conversation_id)  # fmt: skip
+    snapshot = objects.public(response)
+    if store:
+        await store_of(state).put(response_record(response, owner),
+                                  *(item_record(response["id"], i, owner) for i in items))  # fmt: skip
+    running = state.jobs.start(
+        job.run(), job.topic, policy=Policy.DETACHED if background else Policy.ATTACHED,
+        job_id=response["id"], retention=state.config.response_retention,
+    )  # fmt: skip
+    running.payload = job
+    if stream:
+        return _stream(state, running, job, 0)
+    if background:
+        return json_response(snapshot)
+    return await _wait(running, job)
+
+
+def _settings(state: AppState, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what the response echoes, what the engine request takes) from the body."""
+    limit = state.config.max_tokens_limit
+    max_output = params.get_int(body, "max_output_tokens", minimum=1, maximum=limit)
+    tools, specs = inputs.read_tools(body)
+    choice, mode, forced = inputs.read_tool_choice(body, specs)
+    text, fmt = inputs.read_text_format(body)
+    truncation = params.get_str(body, "truncation", "disabled")
+    if truncation not in ("auto", "disabled"):
+        raise InvalidRequest("Invalid 'truncation': use 'auto' or 'disabled'.",
+                             param="truncation", code="invalid_value")  # fmt: skip
+    include = params.get_list(body, "include") or []
+    if not all(isinstance(name, str) for name in include):
+        raise InvalidRequest("Invalid 'include': expected an array of strings.", param="include")
+    settings = {
+        "instructions": params.get_str(body, "instructions", None),
+        "max_output_tokens": max_output,
+        "metadata": params.get_metadata(body) or {},
+        "parallel_tool_calls": params.get_bool(body, "parallel_tool_calls", True),
+        "previous_response_id": params.get_str(body, "previous_response_id", None),
+        "store": params.get_bool(body, "store", True),
+        "temperature": params.get_number(body, "temperature", minimum=0.0, maximum=2.0),
+        "top_p": params.get_number(body, "top_p", minimum=0.0, maximum=1.0),
+        "text": text, "tool_choice": choice, "tools": tools, "truncation": truncation,
+        "user": params.get_str(body, "user", None),
+    }  # fmt: skip
+    generation = {
+        "max_tokens": max_output, "temperature": settings["temperature"],
+        "top_p": settings["top_p"], "tools": specs, "tool_choice": mode, "forced_tool": forced,
+        "response_format": fmt,
+    }  # fmt: skip
+    return settings, generation
+
+
+def _conversation_id(body: dict[str, Any]) -> str | None:
+    value = body.get("conversation")
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = value.get("id")
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("Invalid 'conversation': expected an id or {\"id\": ...}.",
+                             param="conversation", code="invalid_type")  # fmt: skip
+    return value
+
+
+async def _previous_items(state: AppState, response_id: str, owner: str) -> list[dict[str, Any]]:
+    """The conversation so far along ``previous_response_id`` links: each response's input
+    items and output, oldest first (instructions are not carried over)."""
+    store = store_of(state)
+    chain: list[list[dict[str, Any]]] = []
+    current: str | None = response_id
+    for _ in range(MAX_CHAIN):
+        if current is None:
+            break
+        found = await store.get(Kind.RESPONSE, current, owner=owner)
+        if found is None:
+            if current == response_id:
+                raise NotFound(f"Previous response with id '{echo(current, 64)}' not found.",
+                               param="previous_response_id")  # fmt: skip
+            break
+        page = await store.list(Kind.ITEM, current, limit=MAX_CONTEXT_ITEMS, order="asc",
+                                owner=owner)  # fmt: skip
+        chain.append([*page.data, *found.get("output", [])])
+        current = found.get("previous_response_id")
+    return [item for turn in reversed(chain) for item in turn]
+
+
+async def _conversation_items(state: AppState, conversation_id: str, owner: str) -> list[Any]:
+    store = store_of(state)
+    if await store.get(Kind.CONVERSATION, conversation_id, owner=owner) is None:
+        raise NotFound(f"Conversation with id '{echo(conversation_id, 64)}' not found.",
+                       param="conversation")  # fmt: skip
+    page = await store.list(Kind.ITEM, conversation_id, limit=MAX_CONTEXT_ITEMS, order="asc",
+                            owner=owner)  # fmt: skip
+    return page.data
+
+
+def _stream(state: AppState, running: Job, job: ResponseJob, cursor: int) -> StreamResponse:
+    keepalive = state.config.sse_keepalive
+    delivered = job.writer.delivered_at(cursor)
+
+    async def produce(writer: BodyWriter) -> None:
+        try:
+            await sse.pump(job.topic, writer, keepalive, cursor, delivered)
+        finally:
+            running.release()  # a plain response stops when its reader leaves
+
+    return StreamResponse(produce, headers=sse.SSE_HEADERS)
+
+
+async def _wait(running: Job, job: ResponseJob) -> Response:
+    """A plain response: the whole of it, once generated; an engine failure before any
+    output is answered as an HTTP error (retryable ones with Retry-After)."""
+    task = running.task
+    assert task is not None
+    try:
+        await asyncio.wait({task})
+    except asyncio.CancelledError:
+        running.cancel()  # the client left
+        raise
+    if job.error is not None:
+        raise api_error(job.error)
+    return json_response(objects.public(job.response))
+
+
+def _live(state: AppState, response_id: str) -> ResponseJob | None:
+    running = state.jobs.get(response_id)
+    payload = None if running is None else running.payload
+    return payload if isinstance(payload, ResponseJob) else None
+
+
+async def _find(state: AppState, request: Request, response_id: str) -> dict[str, Any]:
+    live = _live(state, response_id)
+    if live is not None and live.owner == owner_of(request):
+        return live.response
+    found = await store_of(state).get(Kind.RESPONSE, response_id, owner=owner_of(request))
+    if found is None:
+        raise NotFound(f"Response with id '{echo(response_id, 64)}' not found.")
+    return found
+
+
+async def get_response(state: AppState, request: Request) -> Response | StreamResponse:
+    response_id = request.params["id"]
+    response = await _find(state, request, response_id)
+    args = query(request)
+    if args.get("stream") not in ("true", "1"):
+        return json_response(objects.public(response))
+    if not response.get("_streamed"):
+        raise InvalidRequest("Only responses created with 'stream': true can be streamed.",
+                             param="stream")  # fmt: skip
+    cursor = _cursor(args.get("starting_after"))
+    live, running = _live(state, response_id), state.jobs.get(response_id)
+    if live is not None and running is not None:
+        return _stream(state, running, live, min(cursor, live.topic.seq))
+    frames = replay(response)
+    return Response(b"".join(frames[cursor:]), content_type="text/event-stream",
+                    headers=sse.SSE_HEADERS)  # fmt: skip
+
+
+def _cursor(value: str | None) -> int:
+    """The first sequence number to send: the one after ``starting_after``."""
+    if value is None or value == "":
+        return 0
+    try:
+        after = int(value)
+    except ValueError:
+        raise InvalidRequest(f"Invalid 'starting_after': '{echo(value, 32)}' is not an integer.",
+                             param="starting_after", code="invalid_type") from None  # fmt: skip
+    if after < -1:
+        raise InvalidRequest("Invalid 'starting_after': it must be -1 or more.",
+                             param="starting_after", code="invalid_value")  # fmt: skip
+    return after + 1
+
+
+async def delete_response(state: AppState, request: Request) -> Response:
+    response_id = request.params["id"]
+    await _find(state, request, response_id)
+    live = _live(state, response_id)
+    if live is not None:
+        await live.cancel()
+    await store_of(state).delete(Kind.RESPONSE, response_id, owner=owner_of(request))
+    return json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+async def cancel_response(state: AppState, request: Request) -> Response:
+    response_id = request.params["id"]
+    response = await _find(state, request, response_id)
+    if not response.get("background"):
+        raise InvalidRequest("Only background responses can be cancelled.")
+    live, running = _live(state, response_id), state.jobs.get(response_id)
+    if live is not None and running is not None and not running.done:
+        await live.cancel()
+        assert running.task is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(running.task), 5.0)
+        return json_response(objects.public(live.response))
+    return json_response(objects.public(response))
+
+
+async def list_input_items(state: AppState, request: Request) -> Response:
+    response_id = request.params["id"]
+    stored = await store_of(state).get(Kind.RESPONSE, response_id, owner=owner_of(request))
+    if stored is None:
+        raise NotFound(f"Response with id '{echo(response_id, 64)}' not found.")
+    return json_response(await item_page(state, request, response_id))
+
+
+async def item_page(state: AppState, request: Request, parent: str) -> dict[str, Any]:
+    """A page of the items under ``parent``: ``limit`` 1-100 (20), ``order`` (desc),
+    ``after`` (an item id)."""
+    args = query(request)
+    limit = _limit(args.get("limit", "20"))
+    order = args.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("Invalid 'order': use 'asc' or 'desc'.", param="order",
+                             code="invalid_value")  # fmt: skip
+    after = args.get("after") or None
+    page = await store_of(state).list(
+        Kind.ITEM, parent, limit=limit, order="asc" if order == "asc" else "desc",
+        after=f"{parent}/{after}" if after else None, owner=owner_of(request),
+    )  # fmt: skip
+    return list_object(page)
+
+
+def _limit(value: str) -> int:
+    try:
+        limit = int(value)
+    except ValueError:
+        raise InvalidRequest("Invalid 'limit': not an integer.", param="limit",
+                             code="invalid_type") from None  # fmt: skip
+    if not 1 <= limit <= 100:
+        raise InvalidRequest("Invalid 'limit': it must be between 1 and 100.", param="limit",
+                             code="invalid_value")  # fmt: skip
+    return limit
+
+
+ROUTES = [
+    Route("POST", "/v1/responses", create_response),
+    Route("GET", "/v1/responses/{id}", get_response),
+    Route("DELETE", "/v1/responses/{id}", delete_response),
+    Route("POST", "/v1/responses/{id}/cancel", cancel_response),
+    Route("GET", "/v1/responses/{id}/input_items", list_input_items),
+]
