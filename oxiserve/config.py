@@ -54,7 +54,8 @@ class Config:
         "SQLite file for assistants, threads, messages and runs (:memory: keeps nothing)",
     )
     response_retention: float = _opt(
-        600.0, "seconds a background response's events stay in memory for resumed streams "
+        600.0,
+        "seconds a background response's events stay in memory for resumed streams "
         "(after that a resumed stream is replayed from the store)",
     )
     run_timeout: float = _opt(

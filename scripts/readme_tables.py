@@ -56,6 +56,22 @@ ENDPOINT_NOTES = {
     "events (snapshot, then live; a finished run's events from the store)",
     "GET /v1/threads/{thread_id}/runs/{run_id}/steps": "list a run's steps",
     "GET /v1/threads/{thread_id}/runs/{run_id}/steps/{step_id}": "one run step",
+    "POST /v1/responses": "create a response: `input` (text or items), `instructions`, "
+    "`previous_response_id`, `conversation`, `store`, `background`, `stream`, function `tools`, "
+    "`tool_choice`, `text.format`, `max_output_tokens`",
+    "GET /v1/responses/{id}": "one response; `stream=true` replays its events, "
+    "`starting_after=N` resumes after event N",
+    "DELETE /v1/responses/{id}": "delete a response",
+    "POST /v1/responses/{id}/cancel": "cancel a background response (idempotent)",
+    "GET /v1/responses/{id}/input_items": "a response's input items: `limit`, `order`, `after`",
+    "POST /v1/conversations": "create a conversation (`metadata`, up to 20 `items`)",
+    "GET /v1/conversations/{conversation_id}": "one conversation",
+    "POST /v1/conversations/{conversation_id}": "modify a conversation's metadata",
+    "DELETE /v1/conversations/{conversation_id}": "delete a conversation and its items",
+    "POST /v1/conversations/{conversation_id}/items": "add up to 20 items",
+    "GET /v1/conversations/{conversation_id}/items": "list items: `limit`, `order`, `after`",
+    "GET /v1/conversations/{conversation_id}/items/{item_id}": "one item",
+    "DELETE /v1/conversations/{conversation_id}/items/{item_id}": "delete an item",
 }
 
 

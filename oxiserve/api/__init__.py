@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from oxiserve.api import assistants, chat, completions, embeddings, models
+from oxiserve.api import assistants, chat, completions, embeddings, models, responses
 from oxiserve.api.routes import bind
 from oxiserve.api.state import AppState
 from oxiserve.http.router import Router
@@ -10,6 +10,6 @@ from oxiserve.http.router import Router
 
 def build_router(state: AppState) -> Router:
     router = Router()
-    for module in (models, chat, completions, embeddings, assistants):
+    for module in (models, chat, completions, embeddings, assistants, responses):
         bind(router, state, module.ROUTES)
     return router

@@ -122,14 +122,14 @@ class ResponseJob:
         finally:
             await stream.aclose()
         usage = stream.usage
-        response["usage"] = objects.usage_object(Usage(usage.prompt_tokens, usage.completion_tokens))
+        response["usage"] = objects.usage_object(
+            Usage(usage.prompt_tokens, usage.completion_tokens)
+        )
         if self._pieces:
             self._close_message("completed")
         for call in stream.tool_calls:
             index = len(response["output"])
-            response["output"].append(
-                writer.function_call(index, objects.new_id("fc"), call)
-            )
+            response["output"].append(writer.function_call(index, objects.new_id("fc"), call))
         limit = response.get("max_output_tokens")
         if stream.finish_reason == "length" and limit is not None and not self._cancelled:
             response["incomplete_details"] = {"reason": "max_output_tokens"}

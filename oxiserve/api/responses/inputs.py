@@ -158,7 +158,9 @@ def read_tools(body: dict[str, Any]) -> tuple[list[dict[str, Any]], tuple[ToolSp
     return echoed, tuple(specs)
 
 
-def read_tool_choice(body: dict[str, Any], specs: tuple[ToolSpec, ...]) -> tuple[Any, str | None, str | None]:
+def read_tool_choice(
+    body: dict[str, Any], specs: tuple[ToolSpec, ...]
+) -> tuple[Any, str | None, str | None]:
     """(echoed tool_choice, engine mode, forced function)."""
     choice = body.get("tool_choice", "auto")
     if choice in ("none", "auto", "required"):
@@ -201,7 +203,8 @@ def read_text_format(body: dict[str, Any]) -> tuple[dict[str, Any], ResponseForm
             exc.param = (exc.param or "").replace("response_format.json_schema", "text.format")
             raise
         echoed = {"type": "json_schema", "name": fmt.get("name"), "schema": fmt.get("schema"),
-                  "strict": bool(fmt.get("strict")), "description": fmt.get("description")}  # fmt: skip
+                  "strict": bool(fmt.get("strict")),
+                  "description": fmt.get("description")}  # fmt: skip
         return {"format": echoed}, parsed
     raise InvalidRequest(
         "Invalid 'text.format.type': use 'text', 'json_object' or 'json_schema'.",

@@ -65,8 +65,8 @@ async def create_response(state: AppState, request: Request) -> Response | Strea
                       conversation_id=conversation_id)  # fmt: skip
     snapshot = objects.public(response)
     if store:
-        await store_of(state).put(response_record(response, owner),
-                                  *(item_record(response["id"], i, owner) for i in items))  # fmt: skip
+        records = [item_record(response["id"], item, owner) for item in items]
+        await store_of(state).put(response_record(response, owner), *records)
     running = state.jobs.start(
         job.run(), job.topic, policy=Policy.DETACHED if background else Policy.ATTACHED,
         job_id=response["id"], retention=state.config.response_retention,
