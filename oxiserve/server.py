@@ -18,6 +18,7 @@ import signal
 import sys
 from types import TracebackType
 
+from oxiserve import responses
 from oxiserve.api import build_router
 from oxiserve.api.state import AppState
 from oxiserve.config import Config
@@ -75,6 +76,7 @@ class Server:
             jobs = JobSupervisor(self.config.job_retention)
             runs = Runs(RunContext(self.config, engine, store), jobs)
             await runs.recover()
+            await responses.recover(store)
         except BaseException:
             await store.close()
             raise

@@ -26,6 +26,23 @@ from oxiserve.store.base import Kind, Record, Store
 log = logging.getLogger("oxiserve.responses")
 
 CHECKPOINT_SECONDS = 0.5
+SHUT_DOWN = "The server shut down while the response was generated; create it again."
+RESTARTED = "The server restarted while the response was generated; create it again."
+
+
+async def recover(store: Store) -> int:
+    """At startup: responses a previous process left queued or in progress fail with a
+    restart error (their text so far kept).  Returns how many."""
+    unfinished = await store.find(Kind.RESPONSE, ["queued", "in_progress"], limit=1_000_000)
+    for response in unfinished:
+        response.update(status="failed", error={"code": "server_error", "message": RESTARTED})
+        for item in response.get("output") or []:
+            if item.get("status") == "in_progress":
+                item["status"] = "incomplete"
+    if unfinished:
+        await store.put(*(response_record(r, "") for r in unfinished))
+        log.warning("%d responses left unfinished by the previous process failed", len(unfinished))
+    return len(unfinished)
 
 
 @dataclass(slots=True)
@@ -87,8 +104,11 @@ class ResponseJob:
         response["status"] = "in_progress"
         try:
             await self._generate()
-        except asyncio.CancelledError:  # its reader left, or the server is shutting down
-            self._cancelled = True
+        except asyncio.CancelledError:
+            if response["background"]:  # only a shutdown cancels a background job's task
+                response["error"] = {"code": "server_error", "message": SHUT_DOWN}
+            else:  # its reader left: the response is cancelled with the text so far
+                self._cancelled = True
             await asyncio.shield(self._end())
             raise
         except EngineError as exc:
