@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from bench.assistants import Fanout, RunsStream
 from bench.peers.common import LOOPS as LOOPS  # every server here takes --loop NAME
+from bench.responses import ResponsesStream, ResumeLagged, ResumeRing
 from bench.scenarios import (
     Chat,
     ChatStream,
@@ -27,6 +28,9 @@ _ALL: tuple[type[Scenario], ...] = (
     Health,
     RunsStream,
     Fanout,
+    ResponsesStream,
+    ResumeRing,
+    ResumeLagged,
 )
 SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in _ALL}
 

@@ -35,6 +35,7 @@ class Sizes:
     import_runs: int = 3
     runs: int = 8  # concurrent streamed Assistants runs (oxiserve only: peers have none)
     fanout: tuple[int, ...] = (1, 100, 1000)  # subscribers per run, each a measurement
+    resume_tokens: int = 1000  # a resumed response's length: past the 256-frame ring
 
 
 FULL = Sizes()
@@ -62,6 +63,11 @@ def measurements(sizes: Sizes) -> list[Measurement]:
         Measurement("health", "health", sizes.json_concurrency, 16),
         Measurement("chat", "chat", sizes.json_concurrency, 16),
         Measurement("runs", "runs-stream", sizes.runs, sizes.stream_tokens, oxiserve_only=True),
+        Measurement("responses", "responses-stream", sizes.streams, sizes.stream_tokens,
+                    oxiserve_only=True),
+        Measurement("resume_ring", "resume-ring", 1, sizes.resume_tokens, oxiserve_only=True),
+        Measurement("resume_lagged", "resume-lagged", 1, sizes.resume_tokens,
+                    oxiserve_only=True),
         *(
             Measurement(f"fanout_{n}", "fanout", 1, sizes.stream_tokens, subscribers=n,
                         oxiserve_only=True)
@@ -109,6 +115,19 @@ METRICS = (
     Metric("chat_cpu_us", "server CPU µs/request, non-stream chat", False, "chat"),
     Metric("runs_events_per_s", "Assistants run events/s, {runs} streamed runs", True, "runs"),
     Metric("runs_cpu_us", "server CPU µs/event, {runs} streamed runs", False, "runs"),
+    Metric("responses_events_per_s", "Responses events/s, {streams} streams", True, "responses"),
+    Metric(
+        "responses_cpu_us", "server CPU µs/event, {streams} Responses streams", False, "responses"
+    ),
+    Metric(
+        "resume_ring_ms", "resume to first byte p50 ms, cursor in the ring", False, "resume_ring"
+    ),
+    Metric(
+        "resume_lagged_ms",
+        "resume to first byte p50 ms, cursor past the ring",
+        False,
+        "resume_lagged",
+    ),
     *(
         metric
         for n in FANOUT
@@ -182,6 +201,13 @@ def figures_of(summaries: dict[str, Summary], footprint: Footprint | None) -> di
         "chat_rps": chat and chat.requests_per_s,
         "chat_cpu_us": chat and chat.server_cpu_us_per_request,
     }
+    responses = summaries.get("responses")
+    out["responses_events_per_s"] = responses and responses.events_per_s
+    out["responses_cpu_us"] = responses and responses.server_cpu_us_per_event
+    for key in ("resume_ring", "resume_lagged"):
+        resumed = summaries.get(key)
+        ttfb = resumed.ttfb_ms if resumed is not None else None
+        out[f"{key}_ms"] = ttfb and ttfb.p50
     runs = summaries.get("runs")
     out["runs_events_per_s"] = runs and runs.events_per_s
     out["runs_cpu_us"] = runs and runs.server_cpu_us_per_event

@@ -222,7 +222,23 @@ async def test_assistant_scenarios_on_oxiserve(tmp_path: Path, scenario: str) ->
     assert s.tokens >= 6 * 5
 
 
-@pytest.mark.parametrize("scenario", ["runs-stream", "fanout", "chat-stream"])
+@pytest.mark.parametrize(
+    ("scenario", "events"), [("responses-stream", 40 + 8), ("resume-ring", 8), ("resume-lagged", 5)]
+)
+async def test_responses_scenarios_on_oxiserve(tmp_path: Path, scenario: str, events: int) -> None:
+    # A ring of 16 frames: the lagged resume really is past it, and is rebuilt (text checked).
+    async with oxiserve(stream_buffer=16) as server:
+        report = await bench(server.url, scenario, tmp_path, max_tokens=40)
+    assert_well_formed(report)
+    s = report.summary
+    assert (s.requests, s.ok) == (6, 6), s.errors
+    assert s.events == 6 * events  # 40 deltas and 8 other events; 8 resumed; 1 delta + 4
+    assert s.ttfb_ms is not None
+
+
+@pytest.mark.parametrize(
+    "scenario", ["runs-stream", "fanout", "chat-stream", "responses-stream", "resume-ring"]
+)
 async def test_missing_endpoints_are_reported_not_raised(tmp_path: Path, scenario: str) -> None:
     # the raw peer answers 404 to everything but /health and chat completions
     loop = asyncio.get_running_loop()
