@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import heapq
 import itertools
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -90,12 +92,22 @@ class Job:
 class JobSupervisor:
     """Owns the jobs of one Server (see the module docstring)."""
 
-    def __init__(self, retention: float = 300.0, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        retention: float = 300.0,
+        clock: Callable[[], float] | None = None,
+        max_retained: int = 1000,
+    ) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None  # the server's, at the first job
         self._retention = retention
         self._clock = clock  # None: the loop's clock (tests inject their own)
         self._running: set[Job] = set()
         self._detached: dict[str, Job] = {}  # running and recently ended, by id
+        # Ended detached jobs in the order they ended, and when each is forgotten: at most
+        # ``max_retained`` are kept (the oldest go first), so their frames cannot fill memory.
+        self._max_retained = max_retained
+        self._retained: OrderedDict[str, Job] = OrderedDict()
+        self._expiries: list[tuple[float, int, str]] = []  # a heap
         self._ids = itertools.count(1)
         self._prefix = "job_" + os.urandom(6).hex()
         self._closing = False
@@ -125,6 +137,7 @@ class JobSupervisor:
         job = Job(self, job_id, topic, policy, terminal, keep)
         if policy is Policy.DETACHED:
             self._expire()
+            self._retained.pop(job.id, None)  # an ended job of that id is replaced
             self._detached[job.id] = job
         job.task = self._loop.create_task(run)
         self._running.add(job)
@@ -161,6 +174,8 @@ class JobSupervisor:
     def _ended(self, job: Job) -> None:
         self._running.discard(job)
         job.ended_at = self._now()
+        if self._detached.get(job.id) is job:
+            self._retain(job)
         task = job.task
         assert task is not None
         if task.cancelled():
@@ -176,15 +191,29 @@ class JobSupervisor:
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
+    def _retain(self, job: Job) -> None:
+        assert job.ended_at is not None
+        if job.retention <= 0:
+            del self._detached[job.id]
+            return
+        self._retained[job.id] = job
+        heapq.heappush(self._expiries, (job.ended_at + job.retention, next(self._ids), job.id))
+        while len(self._retained) > self._max_retained:
+            self._forget(self._retained.popitem(last=False)[1])
+
+    def _forget(self, job: Job) -> None:
+        if self._detached.get(job.id) is job:
+            del self._detached[job.id]
+
     def _expire(self) -> None:
-        """Forget detached jobs whose retention has passed (lazily, on start and lookup)."""
-        if not self._detached:
+        """Forget ended detached jobs whose retention has passed (on start and lookup; each
+        call costs only the jobs it forgets)."""
+        if not self._expiries:
             return
         now = self._now()
-        expired = [
-            job_id
-            for job_id, job in self._detached.items()
-            if job.ended_at is not None and job.ended_at + job.retention <= now
-        ]
-        for job_id in expired:
-            del self._detached[job_id]
+        while self._expiries and self._expiries[0][0] <= now:
+            _, _, job_id = heapq.heappop(self._expiries)
+            job = self._retained.get(job_id)
+            if job is not None and job.ended_at is not None and job.ended_at + job.retention <= now:
+                del self._retained[job_id]
+                self._forget(job)

@@ -114,6 +114,21 @@ async def test_a_job_may_keep_a_retention_of_its_own() -> None:
     assert jobs.get(usual.id) is None
 
 
+async def test_at_most_max_retained_ended_jobs_are_kept_the_oldest_go_first() -> None:
+    jobs = JobSupervisor(retention=60, max_retained=2)
+
+    async def quick(topic: Topic) -> None:
+        topic.close(b"end")
+
+    ended = []
+    for _ in range(3):
+        topic = Topic(4)
+        job = jobs.start(quick(topic), topic, policy=Policy.DETACHED)
+        await wait_until(lambda job=job: job.done)  # type: ignore[misc]
+        ended.append(job)
+    assert [jobs.get(job.id) for job in ended] == [None, ended[1], ended[2]]
+
+
 async def test_a_failing_job_is_logged_once_and_ends_nothing_else(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -87,6 +87,7 @@ class ResponseJob:
         self.error: EngineError | None = None
         self._stream: TokenStream | None = None
         self._cancelled = False
+        self.deleted = False  # deleted while generating: nothing is stored any more
         self._pieces: list[str] = []
 
     def _catch_up(self, key: int, text: str, start: int) -> bytes:
@@ -164,7 +165,7 @@ class ResponseJob:
         self.response["output"].insert(0, self.writer.close_message(0, text, status))
 
     async def _checkpoint(self) -> None:
-        if not self.response["store"]:
+        if not self.response["store"] or self.deleted:
             return
         partial = dict(self.response)
         text = "".join(self._pieces)
@@ -187,7 +188,7 @@ class ResponseJob:
         else:
             response["status"] = "completed"
             response["completed_at"] = objects.now()
-        if response["store"]:
+        if response["store"] and not self.deleted:
             response["_layout"] = self.writer.layout()
             records = [response_record(response, self.owner)]
             if self._conversation_id is not None and response["status"] == "completed":

@@ -239,6 +239,7 @@ async def delete_response(state: AppState, request: Request) -> Response:
     await _find(state, request, response_id)
     live = _live(state, response_id)
     if live is not None:
+        live.deleted = True  # it must not store itself again as it ends
         await live.cancel()
     await store_of(state).delete(Kind.RESPONSE, response_id, owner=owner_of(request))
     return json_response({"id": response_id, "object": "response", "deleted": True})
