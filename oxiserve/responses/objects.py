@@ -7,25 +7,21 @@ text and the number, so a token costs two concatenations and no dict.
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
 
 import orjson
 
+from oxiserve import ids
 from oxiserve.engine.base import ToolCall, Usage
 from oxiserve.http import sse
+from oxiserve.ids import now as now
 
 _TEXT = "\x00oxiserve-text\x00"
 _SEQ = 987_654_321_987  # a number no stream reaches, marks where the sequence number goes
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{os.urandom(16).hex()}"
-
-
-def now() -> int:
-    return int(time.time())
+    return ids.new_id(prefix, 16)
 
 
 def usage_object(usage: Usage) -> dict[str, Any]:

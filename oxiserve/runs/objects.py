@@ -6,23 +6,14 @@ present, nullable ones as null.  A stream event's ``data`` is the bare object, n
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
 
 import orjson
 
 from oxiserve.engine.base import ToolCall, Usage
 from oxiserve.http import sse
-
-
-def new_id(prefix: str) -> str:
-    """An OpenAI-style id: ``run_`` and 24 random hex digits."""
-    return f"{prefix}_{os.urandom(12).hex()}"
-
-
-def now() -> int:
-    return int(time.time())
+from oxiserve.ids import new_id as new_id
+from oxiserve.ids import now as now
 
 
 def usage_object(usage: Usage) -> dict[str, int]:

@@ -5,16 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from oxiserve.api import chat_request, params
-from oxiserve.api.assistants.common import (
-    deleted,
-    fetch,
-    list_page,
-    metadata,
-    owner_of,
-    store_of,
-)
+from oxiserve.api.assistants.common import fetch, list_page, metadata
 from oxiserve.api.routes import Route
 from oxiserve.api.state import AppState
+from oxiserve.api.stored import deleted, owner_of, store_of
 from oxiserve.errors import InvalidRequest, NotFound
 from oxiserve.http.messages import Request, Response, json_response
 from oxiserve.runs import objects

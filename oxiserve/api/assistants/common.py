@@ -4,15 +4,15 @@ message content."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs
 
 from oxiserve.api import params
 from oxiserve.api.state import AppState
+from oxiserve.api.stored import list_object, owner_of, page_args, query, store_of
 from oxiserve.errors import InvalidRequest, NotFound, echo
 from oxiserve.http.messages import Request
 from oxiserve.runs import objects
 from oxiserve.runs.manager import Runs
-from oxiserve.store.base import Kind, Order, Page, Store
+from oxiserve.store.base import Kind
 
 MAX_CONTENT_CHARS = 256 * 1024  # one message's text
 MAX_CONTENT_PARTS = 64
@@ -23,21 +23,10 @@ _NAMES = {
 }  # fmt: skip
 
 
-def store_of(state: AppState) -> Store:
-    if state.store is None:
-        raise RuntimeError("the server was started without a store")
-    return state.store
-
-
 def runs_of(state: AppState) -> Runs:
     if state.runs is None:
         raise RuntimeError("the server was started without runs")
     return state.runs
-
-
-def owner_of(request: Request) -> str:
-    """The owner objects are stored under ("" until API keys scope them)."""
-    return ""
 
 
 async def fetch(state: AppState, request: Request, kind: Kind, object_id: str) -> dict[str, Any]:
@@ -58,58 +47,16 @@ async def fetch_child(
     return found
 
 
-def query(request: Request) -> dict[str, str]:
-    """The query string's parameters (the last of a repeated one)."""
-    parsed = parse_qs(request.query_string, keep_blank_values=True)
-    return {name: values[-1] for name, values in parsed.items()}
-
-
 async def list_page(
     state: AppState, request: Request, kind: Kind, parent: str = "", run_id: str | None = None
 ) -> dict[str, Any]:
-    """``GET`` a list: ``limit`` 1-100 (20), ``order`` asc|desc (desc), ``after``, ``before``."""
-    args = query(request)
-    raw_limit = args.get("limit", "20")
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        raise InvalidRequest(
-            f"Invalid 'limit': '{echo(raw_limit, 32)}' is not an integer.", param="limit",
-            code="invalid_type",
-        ) from None  # fmt: skip
-    if not 1 <= limit <= 100:
-        raise InvalidRequest(
-            f"Invalid 'limit': {limit}; it must be between 1 and 100.", param="limit",
-            code="invalid_value",
-        )  # fmt: skip
-    order = args.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise InvalidRequest(
-            f"Invalid 'order': '{echo(order, 32)}'; use 'asc' or 'desc'.", param="order",
-            code="invalid_value",
-        )  # fmt: skip
-    sort: Order = "asc" if order == "asc" else "desc"
+    """``GET`` a list (paging as ``page_args`` reads it; messages also by ``run_id``)."""
+    args = page_args(request)
     page = await store_of(state).list(
-        kind, parent, limit=limit, order=sort, after=args.get("after") or None,
-        before=args.get("before") or None, run_id=run_id or args.get("run_id") or None,
-        owner=owner_of(request),
+        kind, parent, limit=args.limit, order=args.order, after=args.after, before=args.before,
+        run_id=run_id or query(request).get("run_id") or None, owner=owner_of(request),
     )  # fmt: skip
     return list_object(page)
-
-
-def list_object(page: Page) -> dict[str, Any]:
-    data = page.data
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": page.has_more,
-    }
-
-
-def deleted(object_id: str, kind: str) -> dict[str, Any]:
-    return {"id": object_id, "object": f"{kind}.deleted", "deleted": True}
 
 
 def metadata(body: dict[str, Any]) -> dict[str, str] | None:

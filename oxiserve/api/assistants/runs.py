@@ -19,14 +19,13 @@ from oxiserve.api.assistants.common import (
     list_page,
     metadata,
     new_message,
-    owner_of,
     runs_of,
-    store_of,
 )
 from oxiserve.api.assistants.threads import new_thread
 from oxiserve.api.routes import Route
 from oxiserve.api.sampling import engine_headers
 from oxiserve.api.state import AppState
+from oxiserve.api.stored import owner_of, store_of
 from oxiserve.broadcast import Topic
 from oxiserve.errors import InvalidRequest, echo
 from oxiserve.http import sse

@@ -8,18 +8,16 @@ from typing import Any
 from oxiserve.api import params
 from oxiserve.api.assistants.common import (
     MAX_INITIAL_MESSAGES,
-    deleted,
     fetch,
     fetch_child,
     list_page,
     metadata,
     new_message,
-    owner_of,
     runs_of,
-    store_of,
 )
 from oxiserve.api.routes import Route
 from oxiserve.api.state import AppState
+from oxiserve.api.stored import deleted, owner_of, store_of
 from oxiserve.errors import InvalidRequest
 from oxiserve.http.messages import Request, Response, json_response
 from oxiserve.runs import objects

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from oxiserve.api import params
-from oxiserve.api.assistants.common import owner_of, store_of
 from oxiserve.api.responses import inputs
 from oxiserve.api.responses.responses import item_page
 from oxiserve.api.routes import Route
 from oxiserve.api.state import AppState
+from oxiserve.api.stored import owner_of, store_of
 from oxiserve.errors import InvalidRequest, NotFound, echo
 from oxiserve.http.messages import Request, Response, json_response
 from oxiserve.responses import objects

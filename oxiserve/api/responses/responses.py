@@ -8,12 +8,12 @@ import contextlib
 from typing import Any
 
 from oxiserve.api import params
-from oxiserve.api.assistants.common import list_object, owner_of, query, store_of
 from oxiserve.api.responses import inputs
 from oxiserve.api.routes import Route
 from oxiserve.api.sampling import engine_headers
 from oxiserve.api.shapes import api_error
 from oxiserve.api.state import AppState
+from oxiserve.api.stored import list_object, owner_of, page_args, query, store_of
 from oxiserve.engine.base import GenerationRequest, chatml
 from oxiserve.errors import InvalidRequest, NotFound, echo
 from oxiserve.http import sse
@@ -269,32 +269,14 @@ async def list_input_items(state: AppState, request: Request) -> Response:
 
 
 async def item_page(state: AppState, request: Request, parent: str) -> dict[str, Any]:
-    """A page of the items under ``parent``: ``limit`` 1-100 (20), ``order`` (desc),
-    ``after`` (an item id)."""
-    args = query(request)
-    limit = _limit(args.get("limit", "20"))
-    order = args.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise InvalidRequest("Invalid 'order': use 'asc' or 'desc'.", param="order",
-                             code="invalid_value")  # fmt: skip
-    after = args.get("after") or None
+    """A page of the items under ``parent`` (paging as ``page_args``; no ``before``, as
+    OpenAI's item lists)."""
+    args = page_args(request)
     page = await store_of(state).list(
-        Kind.ITEM, parent, limit=limit, order="asc" if order == "asc" else "desc",
-        after=f"{parent}/{after}" if after else None, owner=owner_of(request),
+        Kind.ITEM, parent, limit=args.limit, order=args.order,
+        after=f"{parent}/{args.after}" if args.after else None, owner=owner_of(request),
     )  # fmt: skip
     return list_object(page)
-
-
-def _limit(value: str) -> int:
-    try:
-        limit = int(value)
-    except ValueError:
-        raise InvalidRequest("Invalid 'limit': not an integer.", param="limit",
-                             code="invalid_type") from None  # fmt: skip
-    if not 1 <= limit <= 100:
-        raise InvalidRequest("Invalid 'limit': it must be between 1 and 100.", param="limit",
-                             code="invalid_value")  # fmt: skip
-    return limit
 
 
 ROUTES = [
