@@ -58,6 +58,11 @@ class Config:
         "seconds a background response's events stay in memory for resumed streams "
         "(after that a resumed stream is replayed from the store)",
     )
+    retained_jobs: int = _opt(
+        32,
+        "ended background jobs whose events stay in memory at most (older ones are "
+        "replayed from the store)",
+    )
     run_timeout: float = _opt(
         600.0, "seconds a run may take, waiting for tool outputs included, before it expires"
     )
@@ -132,6 +137,8 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 problems.append(f"{f.name} must be one of {', '.join(choices)}")
+        if self.retained_jobs < 0:
+            problems.append("retained_jobs must be 0 or more")
         if self.run_timeout <= 0:
             problems.append("run_timeout must be positive")
         if self.stream_buffer < 2:

@@ -96,7 +96,7 @@ class JobSupervisor:
         self,
         retention: float = 300.0,
         clock: Callable[[], float] | None = None,
-        max_retained: int = 1000,
+        max_retained: int = 128,
     ) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None  # the server's, at the first job
         self._retention = retention

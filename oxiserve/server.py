@@ -73,7 +73,7 @@ class Server:
         engine = self._engine or create_engine(self.config)
         store = await SqliteStore.open(self.config.db)
         try:
-            jobs = JobSupervisor(self.config.job_retention)
+            jobs = JobSupervisor(self.config.job_retention, max_retained=self.config.retained_jobs)
             runs = Runs(RunContext(self.config, engine, store), jobs)
             await runs.recover()
             await responses.recover(store)

@@ -202,3 +202,5 @@ class ResponseJob:
         if kind is not None:
             self.writer.finish(kind, response)
         self.topic.close()
+        # A retained job keeps its topic and writer (for resumed readers), nothing else.
+        self._stream, self._pieces = None, []

@@ -14,6 +14,7 @@ stream frame for frame (same sequence numbers, same deltas): a client resuming w
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from typing import Any, Protocol
 
@@ -77,8 +78,10 @@ class ResponseWriter:
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
         self._templates: dict[int, objects.DeltaTemplate] = {}
-        self.ends: dict[int, list[int]] = {}  # per output index: text length after each delta
-        self.seqs: dict[int, list[int]] = {}  # per output index: each delta's sequence number
+        # Per output index: the text length after each delta, and each delta's sequence
+        # number (arrays: 8 bytes a token, kept as long as the job stays in memory).
+        self.ends: dict[int, array[int]] = {}
+        self.seqs: dict[int, array[int]] = {}
         self._items: dict[int, str] = {}
 
     def _control(self, kind: str, **fields: Any) -> None:
@@ -94,7 +97,7 @@ class ResponseWriter:
     def open_message(self, index: int, item_id: str) -> None:
         self._items[index] = item_id
         self._templates[index] = objects.DeltaTemplate(item_id, index)
-        self.ends[index], self.seqs[index] = [], []
+        self.ends[index], self.seqs[index] = array("q"), array("q")
         item = objects.message_item(item_id, None, "in_progress")
         self._control("response.output_item.added", output_index=index, item=item)
         self._control("response.content_part.added", item_id=item_id, output_index=index,
@@ -154,7 +157,7 @@ class ResponseWriter:
 
     def layout(self) -> dict[str, list[int]]:
         """The text deltas' ends per item, stored so a replay repeats the same deltas."""
-        return {str(key): ends for key, ends in self.ends.items()}
+        return {str(key): ends.tolist() for key, ends in self.ends.items()}
 
 
 def replay(response: dict[str, Any]) -> list[bytes]:
