@@ -74,6 +74,7 @@ class ResponsesStream(Scenario):
     name = "responses-stream"
     description = "POST /v1/responses, stream true (Responses API)"
     streams = True
+    optional_api = ("POST", "/v1/responses")
 
     def build(self, *, fail: bool) -> bytes:
         w = self.workload
@@ -81,22 +82,10 @@ class ResponsesStream(Scenario):
                 "max_output_tokens": w.max_tokens}  # fmt: skip
         return self.request("POST", "/v1/responses", body, fail=fail)
 
-    async def execute(
-        self, conn: HTTPConnection, result: RequestResult, index: int
-    ) -> list[RequestResult]:
-        conn.send(self.request_for(index))
-        head = await conn.read_head()
-        result.ttfb = perf_counter() - result.start
-        result.status = head.status
-        if head.status >= 400:
-            await conn.read_body(head)
-            if head.status in _MISSING:
-                raise NotAvailable("POST", "/v1/responses", head.status)
-            result.error = f"status:{head.status}"
-        else:
-            await consume_response_stream(conn, head, result)
-        result.end = perf_counter()
-        return []
+    async def consume(
+        self, conn: HTTPConnection, head: ResponseHead, result: RequestResult
+    ) -> None:
+        await consume_response_stream(conn, head, result)
 
 
 class ResumeRing(Scenario):

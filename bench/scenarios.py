@@ -125,6 +125,9 @@ class Scenario:
     name: ClassVar[str]
     description: ClassVar[str]
     streams: ClassVar[bool] = False
+    # (method, path) of an API peers may lack: a 404/405 there ends the run as "not
+    # available" instead of being counted as an error.
+    optional_api: ClassVar[tuple[str, str] | None] = None
 
     def __init__(self, target: Target, workload: Workload) -> None:
         self.target = target
@@ -180,6 +183,8 @@ class Scenario:
         result.status = head.status
         if head.status >= 400:
             await conn.read_body(head)
+            if self.optional_api is not None and head.status in (404, 405):
+                raise NotAvailable(*self.optional_api, head.status)
             result.error = f"status:{head.status}"
         else:
             await self.consume(conn, head, result)
