@@ -4,8 +4,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+MODEL ?=
+DEMO_MODEL ?= models/demo.gguf
 
-.PHONY: run test lint bench fmt readme clean
+ifneq ($(MODEL),)
+RUN_DEPS := $(VENV)/.installed-oxillama
+RUN_ARGS := --engine oxillama --model $(MODEL)
+endif
+
+.PHONY: run test lint bench fmt readme clean demo-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +32,16 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-run: $(VENV)/.installed
-	$(BIN)/python -m oxiserve --host $(HOST) --port $(PORT)
+$(VENV)/.installed-oxillama: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[oxillama,models]'
+	touch $@
+
+run: $(VENV)/.installed $(RUN_DEPS)
+	$(BIN)/python -m oxiserve --host $(HOST) --port $(PORT) $(RUN_ARGS)
+
+# a tiny GGUF model built here (no download): then `make run MODEL=models/demo.gguf`
+demo-model: $(VENV)/.installed-oxillama
+	$(BIN)/python -m oxiserve.engine.tiny_gguf --out $(DEMO_MODEL)
 
 test: $(VENV)/.installed-bench
 	$(BIN)/python -m pytest
@@ -43,6 +58,7 @@ fmt: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-bench
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m compileall -q oxiserve bench
 	$(BIN)/python -m bench compare
+	$(BIN)/python -m bench engine
 
 readme: $(VENV)/.installed-dev
 	$(BIN)/python -m scripts.readme_tables

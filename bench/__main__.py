@@ -163,6 +163,9 @@ def parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     _compare_parser(sub)
     _footprint_parser(sub)
+    p = sub.add_parser("engine", help="oxillama's own tokens/s against tokens/s through oxiserve")
+    p.add_argument("--seconds", type=_positive_float, default=3.0)
+    _common(p)
     return root
 
 
@@ -300,10 +303,27 @@ async def _footprint(args: argparse.Namespace) -> int:
     return 1 if _failed(runs) else 0
 
 
+async def _engine(args: argparse.Namespace) -> int:
+    from bench import engine_overhead
+
+    pinning = Pinning.plan(args.pin)
+    pinning.pin_client()
+    results = await engine_overhead.measure(args.seconds, pinning)
+    doc = envelope("engine") | {"pinning": pinning.describe(True),
+                                "results": engine_overhead.to_json(results)}  # fmt: skip
+    path = write_result(doc, "engine", args.results_dir)
+    print(engine_overhead.render(results))
+    goal = all(r.ratio >= 0.95 for r in results)
+    print(f"\n{'PASS' if goal else 'FAIL'}  oxiserve delivers >= 95% of the engine's own rate")
+    print(f"result: {path}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "run": _run,
     "compare": _compare,
     "footprint": _footprint,
+    "engine": _engine,
 }
 
 

@@ -73,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from oxiserve import loops
+    from oxiserve.engine.oxillama import EngineStartError
     from oxiserve.server import serve
 
     try:
@@ -86,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"oxiserve: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
+    except EngineStartError as exc:
+        print(f"oxiserve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-EngineName = Literal["sim"]  # "oxillama" joins when the real engine lands
+EngineName = Literal["sim", "oxillama"]
 SimMode = Literal["echo", "lorem", "fixed"]
 SimFailureKind = Literal["before_first_token", "mid_stream", "429", "503"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -30,8 +30,14 @@ class Config:
     # Server
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8000, "port to listen on (0 picks a free port)")
-    engine: EngineName = _opt("sim", "inference engine", choices=("sim",))
-    model_name: str = _opt("oxiserve-sim", "model id served (sim engine)")
+    engine: EngineName = _opt(
+        "sim",
+        "inference engine (oxillama: a GGUF model, the [oxillama] extra)",
+        choices=("sim", "oxillama"),
+    )
+    model_name: str = _opt(
+        "oxiserve-sim", "model id served (oxillama: the model file's stem unless given)"
+    )
     log_level: LogLevel = _opt(
         "info", "logging level", choices=("debug", "info", "warning", "error")
     )
@@ -103,6 +109,18 @@ class Config:
         "(the first frames and any frame after a quiet spell go out at once; 0: never gather)",
     )
 
+    # Real engine (--engine oxillama)
+    model: str = _opt("", "GGUF model file the oxillama engine serves")
+    embedding_model: str = _opt("", "a second GGUF model for /v1/embeddings (default: --model)")
+    tokenizer: str = _opt("", "tokenizer file, when the GGUF has none of its own")
+    chat_template: str = _opt(
+        "", "chat template: chatml, llama3, alpaca or a .jinja file (default: the model's own)"
+    )
+    context_size: int = _opt(0, "context window in tokens (0: the model's own)")
+    threads: int = _opt(4, "threads each engine computes with")
+    engine_workers: int = _opt(1, "engines loaded, each generating one request at a time")
+    max_queue: int = _opt(64, "generations waiting for an engine at most (more get 503)")
+
     # Simulator engine
     sim_mode: SimMode = _opt("lorem", "simulated output", choices=("echo", "lorem", "fixed"))
     sim_fixed_text: str = _opt("Hello! This is a simulated answer.", "text of --sim-mode fixed")
@@ -137,6 +155,12 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 problems.append(f"{f.name} must be one of {', '.join(choices)}")
+        if self.engine_workers < 1:
+            problems.append("engine_workers must be at least 1")
+        if self.max_queue < 0:
+            problems.append("max_queue must be 0 or more")
+        if self.threads < 1:
+            problems.append("threads must be at least 1")
         if self.retained_jobs < 0:
             problems.append("retained_jobs must be 0 or more")
         if self.run_timeout <= 0:

@@ -40,6 +40,10 @@ def create_engine(config: Config) -> Engine:
         from oxiserve.engine.sim import SimEngine
 
         return SimEngine(config)
+    if config.engine == "oxillama":
+        from oxiserve.engine.oxillama import OxillamaEngine
+
+        return OxillamaEngine(config)
     raise ValueError(f"unknown engine {config.engine!r}")
 
 

@@ -44,7 +44,8 @@ async def running(**overrides: Any) -> AsyncIterator[Server]:
     overrides.setdefault("port", 0)
     overrides.setdefault("access_log", False)
     overrides.setdefault("db", ":memory:")
-    engine = overrides.pop("engine", None)
+    # An Engine object to serve with; a string is Config.engine, the engine's name.
+    engine = None if isinstance(overrides.get("engine"), str) else overrides.pop("engine", None)
     server = Server(Config(**overrides), engine=engine)
     await server.start()
     try:

@@ -1,0 +1,161 @@
+"""Engine overhead: the oxillama engine's own tokens/s against tokens/s streamed through oxiserve.
+
+On a tiny random-weight GGUF model built here (about 100 µs a token: the harshest case for a
+server's per-token cost), the engine is first called directly in a loop (one engine, then two
+in two threads), then served by oxiserve with ``--engine-workers`` 1 and 2 to as many
+streaming clients.  Both sides run on the server's core.  The figure is the ratio: the share
+of the engine's own rate that reaches the clients.
+
+    python -m bench engine                      # (also the last part of ``make bench``)
+    python -m bench.engine_overhead direct --model M.gguf --workers 2 --seconds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.catalog import OXISERVE
+from bench.load import LoadSpec, run_load
+from bench.procs import Pinning, ServerProcess
+from bench.scenarios import ChatStream, Target, Workload
+
+MAX_TOKENS = 256
+PROMPT = "Tell me a story about a small robot who learns to paint."
+
+
+@dataclass(frozen=True, slots=True)
+class Overhead:
+    workers: int
+    engine_tokens_per_s: float  # the engine called directly, ``workers`` engines in parallel
+    served_tokens_per_s: float  # streamed through oxiserve to ``workers`` clients
+    server_cpu_us_per_token: float | None
+
+    @property
+    def ratio(self) -> float:
+        return self.served_tokens_per_s / self.engine_tokens_per_s
+
+
+def direct_rate(model: str, workers: int, seconds: float, max_tokens: int = MAX_TOKENS) -> float:
+    """Tokens/s of ``workers`` engines generating in parallel threads, as oxiserve calls them
+    (reset, then one detailed generation with a streaming callback)."""
+    import oxillama_py as ox
+
+    engines = []
+    for _ in range(workers):
+        engine = ox.Engine(ox.EngineConfig(model, num_threads=1))
+        engine.load_model()
+        engines.append(engine)
+    counts = [0] * workers
+    deadline = time.perf_counter() + seconds
+
+    def loop(i: int) -> None:
+        engine = engines[i]
+        config = ox.GenerationConfig(max_tokens=max_tokens, sampler=ox.SamplerConfig(
+            temperature=1.0, top_p=1.0, repetition_penalty=1.0, seed=i))  # fmt: skip
+        while time.perf_counter() < deadline:
+            engine.reset()
+            outcome = engine.generate_detailed(PROMPT, config, lambda _piece: None)
+            counts[i] += outcome.completion_tokens()
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+async def _direct_in_subprocess(model: str, workers: int, seconds: float, cpu: int | None) -> float:
+    argv = [sys.executable, "-m", "bench.engine_overhead", "direct", "--model", model,
+            "--workers", str(workers), "--seconds", str(seconds)]  # fmt: skip
+    if cpu is not None:
+        argv += ["--cpu", str(cpu)]
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), seconds + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the direct engine measurement failed ({proc.returncode})")
+    return float(json.loads(out)["tokens_per_s"])
+
+
+async def served_rate(
+    model: str, workers: int, seconds: float, pinning: Pinning
+) -> tuple[float, float | None]:
+    extra = ("--engine", "oxillama", "--model", model, "--engine-workers", str(workers),
+             "--threads", "1")  # fmt: skip
+    async with ServerProcess(OXISERVE.argv(extra), cpu=pinning.server_cpu) as server:
+        target = Target.parse(server.url)
+        workload = Workload(model=Path(model).stem, max_tokens=MAX_TOKENS, include_usage=True)
+        scenario = ChatStream(target, workload)
+        await run_load(target.host, target.port, scenario,
+                       LoadSpec(concurrency=workers, duration=0.5))  # fmt: skip
+        outcome = await run_load(
+            target.host, target.port, scenario,
+            LoadSpec(concurrency=workers, duration=seconds, timeout=60.0),
+            server_cpu=server.cpu_seconds,
+        )  # fmt: skip
+        summary = outcome.summary()
+        if summary.errors:
+            raise RuntimeError(f"errors while serving the engine: {summary.errors}")
+        cpu = summary.server_cpu_s
+        per_token = None if cpu is None or not summary.tokens else cpu / summary.tokens * 1e6
+        return summary.tokens_per_s, per_token
+
+
+async def measure(seconds: float = 3.0, pinning: Pinning | None = None) -> list[Overhead]:
+    from oxiserve.engine.tiny_gguf import build_random
+
+    pinning = pinning or Pinning.plan()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(Path(tmp) / "random.gguf")
+        build_random(model)
+        results = []
+        for workers in (1, 2):
+            engine = await _direct_in_subprocess(model, workers, seconds, pinning.server_cpu)
+            served, per_token = await served_rate(model, workers, seconds, pinning)
+            results.append(Overhead(workers, engine, served, per_token))
+    return results
+
+
+def render(results: list[Overhead]) -> str:
+    rows = ["| engines, clients | engine alone, tokens/s | through oxiserve, tokens/s | share | "
+            "server CPU µs/token |", "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in results:
+        cpu = "—" if r.server_cpu_us_per_token is None else f"{r.server_cpu_us_per_token:.1f}"
+        rows.append(f"| {r.workers}, {r.workers} | {r.engine_tokens_per_s:,.0f} | "
+                    f"{r.served_tokens_per_s:,.0f} | {r.ratio:.1%} | {cpu} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def to_json(results: list[Overhead]) -> list[dict[str, Any]]:
+    return [asdict(r) | {"ratio": r.ratio} for r in results]
+
+
+def _direct_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.engine_overhead direct")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--cpu", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    rate = direct_rate(args.model, args.workers, args.seconds)
+    print(json.dumps({"tokens_per_s": rate}))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["direct"]:
+        raise SystemExit("usage: python -m bench.engine_overhead direct --model M.gguf ...")
+    sys.exit(_direct_main(sys.argv[2:]))

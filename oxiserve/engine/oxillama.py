@@ -1,0 +1,426 @@
+"""The real engine: GGUF models through ``oxillama`` (the ``[oxillama]`` extra).
+
+Each loaded ``oxillama_py.Engine`` runs one generation at a time, on a thread of its own (an
+engine raises "Already borrowed" on a concurrent call, and generation releases the GIL).
+``--engine-workers N`` loads N engines; requests wait in a bounded queue in front of them
+(full: 503 with Retry-After).  Every generation starts with ``reset()`` (the KV cache is not
+reset between calls) and a fresh cancellation token.  Text pieces reach the event loop in
+batches: the worker thread appends to a list and wakes the loop only if it is not already
+woken, so a fast engine costs one loop wake-up per batch, not per piece.
+
+    engine = OxillamaEngine(config)          # loads the model(s); errors say what is wrong
+    stream = engine.generate(request)        # a TokenStream
+    await stream.pipe(emit)                  # pieces as they come, in batches
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from oxiserve.config import Config
+from oxiserve.engine.base import (
+    EngineError,
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    TokenLogprob,
+    ToolCall,
+    Usage,
+)
+
+log = logging.getLogger("oxiserve.engine")
+
+INSTALL_HINT = "the oxillama engine needs the [oxillama] extra: pip install 'oxiserve[oxillama]'"
+# FinishReason as str(): eos / stopped -> stop, max_tokens / context_full -> length.
+_FINISH: dict[str, FinishReason] = {
+    "eos": "stop", "stopped": "stop", "max_tokens": "length", "context_full": "length",
+    "cancelled": "cancelled",
+}  # fmt: skip
+
+
+class EngineStartError(Exception):
+    """The engine cannot start (extra missing, model file missing or invalid): one line."""
+
+
+def _module() -> ModuleType:
+    try:
+        import oxillama_py
+    except ImportError:
+        raise EngineStartError(INSTALL_HINT) from None
+    return oxillama_py
+
+
+def _is_panic(exc: BaseException) -> bool:
+    return type(exc).__name__ == "PanicException"
+
+
+class _Worker:
+    """One loaded engine and the thread that alone calls it."""
+
+    def __init__(self, ox: ModuleType, config: Config, model: str, index: int) -> None:
+        self._ox, self._config, self._model = ox, config, model
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"oxillama-{index}")
+        self.engine = self._load()
+
+    def _load(self) -> Any:
+        ox, config = self._ox, self._config
+        kwargs: dict[str, Any] = {"num_threads": config.threads}
+        if config.context_size:
+            kwargs["context_size"] = config.context_size
+        if config.tokenizer:
+            kwargs["tokenizer_path"] = config.tokenizer
+        try:
+            engine = ox.Engine(ox.EngineConfig(self._model, **kwargs))
+            engine.load_model()
+        except BaseException as exc:  # a malformed file may panic (a BaseException)
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            raise EngineStartError(
+                f"cannot load the model {self._model}: {type(exc).__name__}: {exc}"
+            ) from None
+        return engine
+
+    def reload(self) -> None:
+        """After a panic the engine's state is unknown: load it again (on its thread)."""
+        try:
+            self.engine = self._load()
+        except EngineStartError:
+            log.exception("reloading the engine after a panic failed")
+
+
+class OxillamaEngine:
+    """The :class:`~oxiserve.engine.base.Engine` for GGUF models (see the module docstring)."""
+
+    name = "oxillama"
+
+    def __init__(self, config: Config) -> None:
+        ox = _module()
+        path = Path(config.model)
+        if not config.model:
+            raise EngineStartError("--engine oxillama needs --model PATH.gguf")
+        if not path.is_file():
+            raise EngineStartError(f"model file not found: {config.model}")
+        self.config = config
+        self._ox = ox
+        from oxiserve.engine import chat_templates, tiny_gguf, tool_parse
+
+        try:
+            info = tiny_gguf.read_metadata(str(path))
+        except ValueError as exc:
+            raise EngineStartError(str(exc)) from None
+        self._template = chat_templates.load_template(config.chat_template or None,
+                                                      info.chat_template)  # fmt: skip
+        self._parse_tools = tool_parse.parse_tool_calls
+        self._workers = [_Worker(ox, config, str(path), i) for i in range(config.engine_workers)]
+        self._context = config.context_size or info.context_length or 2048
+        self._counter = threading.Lock()  # tokenizing on a busy engine would fail: see count
+        self._count_engine = _Worker(ox, config, str(path), -1)
+        self._embedder = (
+            _Worker(ox, config, config.embedding_model, -2) if config.embedding_model else None
+        )
+        name = config.model_name
+        if name == "oxiserve-sim":  # the simulator's default: name the model by its file
+            name = path.stem
+        self._models = (ModelInfo(id=name, created=int(path.stat().st_mtime)),)
+        self._idle: asyncio.Queue[_Worker] | None = None
+        self.waiting = 0  # generations waiting for an engine (for the metrics)
+        self.running = 0
+
+    # --- the Engine protocol -------------------------------------------------------------------
+
+    def models(self) -> Sequence[ModelInfo]:
+        return self._models
+
+    def count_tokens(self, text: str) -> int:
+        with self._counter:
+            return len(self._count_engine.engine.tokenize(text))
+
+    def generate(self, request: GenerationRequest) -> OxillamaStream:
+        return OxillamaStream(self, request)
+
+    async def embed(
+        self,
+        model: str,
+        inputs: Sequence[str],
+        dimensions: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[list[float]]:
+        worker = self._embedder or await self._acquire()
+        try:
+            loop = asyncio.get_running_loop()
+            vectors = []
+            for text in inputs:
+                vector = await loop.run_in_executor(worker.executor, worker.engine.embed, text)
+                vectors.append(_shorten(list(vector), dimensions))
+            return vectors
+        finally:
+            if worker is not self._embedder:
+                self._release(worker)
+
+    async def close(self) -> None:
+        for worker in [*self._workers, self._count_engine, self._embedder]:
+            if worker is not None:
+                worker.executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- scheduling ----------------------------------------------------------------------------
+
+    async def _acquire(self) -> _Worker:
+        idle = self._idle
+        if idle is None:
+            idle = self._idle = asyncio.Queue()
+            for worker in self._workers:
+                idle.put_nowait(worker)
+        if idle.empty() and self.waiting >= self.config.max_queue:
+            raise EngineError(
+                f"all {len(self._workers)} engines are busy and {self.waiting} requests wait",
+                status=503, code="engine_overloaded", retry_after=1.0,
+            )  # fmt: skip
+        self.waiting += 1
+        try:
+            worker = await idle.get()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        return worker
+
+    def _release(self, worker: _Worker) -> None:
+        self.running -= 1
+        assert self._idle is not None
+        self._idle.put_nowait(worker)
+
+    def render(self, request: GenerationRequest) -> str:
+        """The prompt in the model's own chat template (a completion's prompt as it is)."""
+        if not request.messages:
+            return request.prompt
+        tools = request.tools if request.tool_choice not in (None, "none") else ()
+        prompt: str = self._template.render(request.messages, tools)
+        return prompt
+
+    def parse_tools(self, text: str, request: GenerationRequest) -> tuple[str, list[ToolCall]]:
+        if not request.tools or request.tool_choice in (None, "none"):
+            return text, []
+        rest, calls = self._parse_tools(text, request.tools)
+        return str(rest), list(calls)
+
+
+def _shorten(vector: list[float], dimensions: int | None) -> list[float]:
+    if dimensions is None or dimensions >= len(vector):
+        return vector
+    if dimensions < 1:
+        raise EngineError("dimensions must be at least 1", status=400, code="invalid_value")
+    head = vector[:dimensions]
+    norm = sum(v * v for v in head) ** 0.5 or 1.0
+    return [v / norm for v in head]
+
+
+class OxillamaStream:
+    """One generation (a :class:`~oxiserve.engine.base.TokenStream`)."""
+
+    def __init__(self, engine: OxillamaEngine, request: GenerationRequest) -> None:
+        self._engine = engine
+        self._request = request
+        self.usage = Usage()
+        self.finish_reason: FinishReason | None = None
+        self.tool_calls: list[ToolCall] = []
+        self.logprobs: list[TokenLogprob] = []
+        self._pieces: list[str] = []  # handed over by the worker thread, under _lock
+        self._lock = threading.Lock()
+        self._woken = False
+        self._ready: list[str] = []  # taken by the loop, not yet handed out
+        self._waiter: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._done = False
+        self._error: BaseException | None = None
+        self._token: Any = None
+        self._closed = False
+        self._generating = False  # an engine has it (cancel through the token, not the task)
+
+    # --- the TokenStream protocol ---------------------------------------------------------------
+
+    def __aiter__(self) -> OxillamaStream:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._ready:
+            if self._done:
+                self._raise()
+                raise StopAsyncIteration
+            await self._wait()
+        return self._ready.pop(0)
+
+    async def text(self) -> str:
+        pieces: list[str] = []
+        await self.pipe(pieces.append)
+        return "".join(pieces)
+
+    async def pipe(self, emit: Callable[[str], None]) -> None:
+        while True:
+            if self._ready:
+                batch, self._ready = self._ready, []
+                for piece in batch:
+                    emit(piece)
+                continue
+            if self._done:
+                self._raise()
+                return
+            await self._wait()
+
+    async def aclose(self) -> None:
+        """Cancel the generation: a waiting one leaves the queue at once, a running one stops
+        within about a millisecond (its text so far was handed out already)."""
+        self._closed = True
+        task = self._task
+        if task is not None and not task.done():
+            if not self._generating:
+                task.cancel()
+            elif self._token is not None:
+                self._token.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(task)
+        if self.finish_reason is None and self._error is None:
+            self.finish_reason = "cancelled"
+
+    # --- the generation ---------------------------------------------------------------------------
+
+    async def _wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is None:
+            self._task = loop.create_task(self._run(loop))
+        waiter = self._waiter = loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._woken = False
+            self._ready += self._pieces
+            self._pieces = []
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        engine = self._engine
+        try:
+            worker = await engine._acquire()
+        except EngineError as exc:
+            self._finish(exc)
+            return
+        except asyncio.CancelledError:  # closed while it waited for an engine
+            self._finish(None)
+            raise
+        self._generating = True
+        try:
+            if self._closed:
+                self._finish(None)
+                return
+            prompt = engine.render(self._request)
+            outcome = await loop.run_in_executor(
+                worker.executor, self._generate, worker, prompt, loop
+            )
+            self._finish(outcome)
+        except BaseException as exc:
+            if _is_panic(exc):
+                log.error("the engine panicked: %s; reloading it", exc)
+                await loop.run_in_executor(worker.executor, worker.reload)
+                self._finish(EngineError("The engine failed while generating.", status=500,
+                                         code="engine_panic"))  # fmt: skip
+            elif isinstance(exc, EngineError):
+                self._finish(exc)
+            else:
+                log.exception("generation failed")
+                self._finish(EngineError("The engine failed while generating.", status=500))
+        finally:
+            engine._release(worker)
+
+    def _generate(self, worker: _Worker, prompt: str, loop: asyncio.AbstractEventLoop) -> Any:
+        """On the worker's thread: one generation, pieces handed to the loop in batches."""
+        ox, engine, request = self._engine._ox, worker.engine, self._request
+        engine.reset()
+        self._token = token = ox.CancellationToken()
+        if self._closed:
+            return None
+        prompt_tokens = len(engine.tokenize(prompt))
+        context = self._engine._context
+        if prompt_tokens >= context:
+            raise EngineError(
+                f"This model's maximum context length is {context} tokens. However, your "
+                f"messages resulted in {prompt_tokens} tokens.",
+                status=400, code="context_length_exceeded",
+            )  # fmt: skip
+        self.usage = Usage(prompt_tokens=prompt_tokens)
+        max_tokens = min(request.max_tokens or context, context - prompt_tokens)
+        sampler = _sampler(ox, request, engine)
+        config = ox.GenerationConfig(max_tokens=max_tokens, sampler=sampler,
+                                     stop=list(request.stop) or None)  # fmt: skip
+        holding = bool(request.tools) and request.tool_choice not in (None, "none")
+
+        def on_piece(piece: str) -> None:
+            with self._lock:
+                self._pieces.append(piece)
+                if holding or self._woken:
+                    return
+                self._woken = True
+            loop.call_soon_threadsafe(self._wake)
+
+        try:
+            return engine.generate_detailed(prompt, config, None if holding else on_piece,
+                                            cancel_token=token)  # fmt: skip
+        except RuntimeError as exc:
+            if "cancelled" in str(exc):
+                return None
+            raise
+
+    def _finish(self, outcome: Any) -> None:
+        """Back on the loop: the outcome (or the error) of the generation."""
+        if isinstance(outcome, BaseException):
+            self._error = outcome
+            self.finish_reason = None
+        elif outcome is None:
+            self.finish_reason = "cancelled"
+        else:
+            self._take(outcome)
+        self._done = True
+        self._wake()
+
+    def _take(self, outcome: Any) -> None:
+        request = self._request
+        self.usage = Usage(int(outcome.prompt_tokens), int(outcome.completion_tokens()))
+        reason = _FINISH.get(str(outcome.finish_reason).lower(), "stop")
+        if bool(request.tools) and request.tool_choice not in (None, "none"):
+            text, calls = self._engine.parse_tools(outcome.text, request)
+            self.tool_calls = calls
+            with self._lock:
+                self._pieces = [text] if text else []
+            if calls:
+                reason = "tool_calls"
+        self.finish_reason = reason
+
+
+def _sampler(ox: ModuleType, request: GenerationRequest, engine: Any) -> Any:
+    temperature = 1.0 if request.temperature is None else request.temperature
+    kwargs: dict[str, Any] = {
+        "temperature": temperature,
+        "top_p": 1.0 if request.top_p is None else request.top_p,
+        "repetition_penalty": 1.0,
+        "eog_token_ids": list(engine.eog_token_ids()),
+    }
+    if request.seed is not None:
+        kwargs["seed"] = request.seed & 0xFFFF_FFFF_FFFF_FFFF
+    if temperature == 0:
+        return ox.SamplerConfig.greedy()
+    return ox.SamplerConfig(**kwargs)
