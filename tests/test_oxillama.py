@@ -242,3 +242,60 @@ def test_startup_errors_are_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     lines = done.stderr.decode().strip().splitlines()
     assert lines == [f"oxiserve: model file not found: {missing}"]
+
+
+CALL_TEXT = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]},
+    },
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def caller(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A parrot whose one answer is a tool call in the Hermes format."""
+    path = tmp_path_factory.mktemp("gguf") / "caller.gguf"
+    build_parrot(str(path), CALL_TEXT)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks Assistants deprecated
+async def test_a_models_tool_call_reaches_every_api(caller: Path) -> None:
+    async with running(**_config(caller)) as server, _sdk(server) as sdk:
+        chat = await sdk.chat.completions.create(
+            model="caller",
+            messages=CHAT,
+            tools=[WEATHER],  # type: ignore[list-item, arg-type]
+        )
+        choice = chat.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.content is None
+        (call,) = choice.message.tool_calls or []
+        assert call.type == "function"
+        assert (call.function.name, call.function.arguments) == ("get_weather", '{"city":"Paris"}')
+        flat = {"type": "function", **WEATHER["function"]}  # type: ignore[dict-item]
+        response = await sdk.responses.create(model="caller", input="Weather?", tools=[flat])  # type: ignore[list-item]
+        (item,) = response.output
+        assert item.type == "function_call"
+        assert (item.name, item.arguments) == ("get_weather", '{"city":"Paris"}')
+        assistant = await sdk.beta.assistants.create(model="caller", tools=[WEATHER])  # type: ignore[list-item]
+        thread = await sdk.beta.threads.create(messages=[{"role": "user", "content": "Weather?"}])
+        run = await sdk.beta.threads.runs.create_and_poll(
+            thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=5
+        )
+        assert run.status == "requires_action"
+        assert run.required_action is not None
+        (pending,) = run.required_action.submit_tool_outputs.tool_calls
+        assert pending.function.name == "get_weather"
+
+
+async def test_without_tools_the_same_text_stays_text(caller: Path) -> None:
+    async with running(**_config(caller)) as server, _sdk(server) as sdk:
+        chat = await sdk.chat.completions.create(model="caller", messages=CHAT)  # type: ignore[arg-type]
+    assert chat.choices[0].message.content == CALL_TEXT
+    assert chat.choices[0].finish_reason == "stop"

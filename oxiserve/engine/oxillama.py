@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +39,7 @@ from oxiserve.engine.base import (
 
 log = logging.getLogger("oxiserve.engine")
 
+BATCH_SECONDS = 0.002  # as --stream-coalesce-ms: a reader sees no difference
 INSTALL_HINT = "the oxillama engine needs the [oxillama] extra: pip install 'oxiserve[oxillama]'"
 # FinishReason as str(): eos / stopped -> stop, max_tokens / context_full -> length.
 _FINISH: dict[str, FinishReason] = {
@@ -368,13 +370,21 @@ class OxillamaStream:
         config = ox.GenerationConfig(max_tokens=max_tokens, sampler=sampler,
                                      stop=list(request.stop) or None)  # fmt: skip
         holding = bool(request.tools) and request.tool_choice not in (None, "none")
+        last_wake = -BATCH_SECONDS
 
         def on_piece(piece: str) -> None:
+            # Wake the loop for the first piece, then at most once per BATCH_SECONDS: a fast
+            # model's pieces go over in batches (a wake-up costs more than a small model's
+            # token), a slow one's one by one.  The end of the generation wakes it anyway.
+            nonlocal last_wake
             with self._lock:
                 self._pieces.append(piece)
                 if holding or self._woken:
                     return
-                self._woken = True
+                now = time.monotonic()
+                if now - last_wake < BATCH_SECONDS:
+                    return
+                self._woken, last_wake = True, now
             loop.call_soon_threadsafe(self._wake)
 
         try:
