@@ -41,6 +41,7 @@ run: $(VENV)/.installed $(RUN_DEPS)
 
 # a tiny GGUF model built here (no download): then `make run MODEL=models/demo.gguf`
 demo-model: $(VENV)/.installed-oxillama
+	mkdir -p $(dir $(DEMO_MODEL))
 	$(BIN)/python -m oxiserve.engine.tiny_gguf --out $(DEMO_MODEL)
 
 test: $(VENV)/.installed-bench
