@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,19 @@ from bench.procs import Pinning, ServerProcess
 from bench.scenarios import ChatStream, Target, Workload
 
 MAX_TOKENS = 256
-PROMPT = "Tell me a story about a small robot who learns to paint."
+WORKLOAD = Workload(max_tokens=MAX_TOKENS)  # the served requests' prompt: 32 words
+
+
+def served_prompt(model: str) -> str:
+    """The prompt the engine gets for the bench's chat request, rendered as oxiserve renders
+    it (the model's chat template): the direct loop generates from exactly that (a prompt's
+    prefill costs about what its tokens would cost to generate on a model this small)."""
+    from oxiserve.engine.base import ChatMessage
+    from oxiserve.engine.chat_templates import load_template
+    from oxiserve.engine.tiny_gguf import read_metadata
+
+    template = load_template(None, read_metadata(model).chat_template)
+    return template.render([ChatMessage("user", WORKLOAD.prompt())])
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +68,7 @@ def direct_rate(model: str, workers: int, seconds: float, max_tokens: int = MAX_
         engine.load_model()
         engines.append(engine)
     counts = [0] * workers
+    prompt = served_prompt(model)
     deadline = time.perf_counter() + seconds
 
     def loop(i: int) -> None:
@@ -64,7 +77,7 @@ def direct_rate(model: str, workers: int, seconds: float, max_tokens: int = MAX_
             temperature=1.0, top_p=1.0, repetition_penalty=1.0, seed=i))  # fmt: skip
         while time.perf_counter() < deadline:
             engine.reset()
-            outcome = engine.generate_detailed(PROMPT, config, lambda _piece: None)
+            outcome = engine.generate_detailed(prompt, config, lambda _piece: None)
             counts[i] += outcome.completion_tokens()
 
     start = time.perf_counter()
@@ -95,7 +108,7 @@ async def served_rate(
              "--threads", "1")  # fmt: skip
     async with ServerProcess(OXISERVE.argv(extra), cpu=pinning.server_cpu) as server:
         target = Target.parse(server.url)
-        workload = Workload(model=Path(model).stem, max_tokens=MAX_TOKENS, include_usage=True)
+        workload = replace(WORKLOAD, model=Path(model).stem)
         scenario = ChatStream(target, workload)
         await run_load(target.host, target.port, scenario,
                        LoadSpec(concurrency=workers, duration=0.5))  # fmt: skip
