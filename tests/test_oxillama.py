@@ -17,7 +17,13 @@ import pytest
 from oxiserve import Server
 from oxiserve.engine.base import EngineError, GenerationRequest
 from oxiserve.engine.oxillama import EngineStartError, OxillamaEngine
-from oxiserve.engine.tiny_gguf import PARROT_TEXT, build_parrot, build_random, read_metadata
+from oxiserve.engine.tiny_gguf import (
+    PARROT_TEXT,
+    build_parrot,
+    build_random,
+    parrot_pieces,
+    read_metadata,
+)
 from tests.conftest import TIMEOUT, running, wait_until
 
 
@@ -58,7 +64,8 @@ async def test_chat_gives_exactly_the_models_text(parrot: openai.AsyncOpenAI) ->
     assert reply.choices[0].message.content == PARROT_TEXT
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage is not None
-    assert reply.usage.completion_tokens > 0
+    assert reply.usage.completion_tokens == len(parrot_pieces(PARROT_TEXT))  # one token a piece
+    assert reply.usage.prompt_tokens > 0
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
 
 
@@ -299,3 +306,23 @@ async def test_without_tools_the_same_text_stays_text(caller: Path) -> None:
         chat = await sdk.chat.completions.create(model="caller", messages=CHAT)  # type: ignore[arg-type]
     assert chat.choices[0].message.content == CALL_TEXT
     assert chat.choices[0].finish_reason == "stop"
+
+
+async def test_a_large_model_gets_no_second_copy_for_counting(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oxiserve.engine import oxillama, sim_text
+
+    small = _engine(models["random"])
+    monkeypatch.setattr(oxillama, "COUNT_ENGINE_MAX_BYTES", 0)
+    large = _engine(models["random"])
+    try:
+        assert small._count_engine is not None  # exact counts from an engine of its own
+        assert small.count_tokens("Hello there") == len(
+            small._count_engine.engine.tokenize("Hello there")
+        )
+        assert large._count_engine is None  # approximate, the model loaded once per worker
+        assert large.count_tokens("Hello there") == sim_text.count_tokens("Hello there")
+    finally:
+        await small.close()
+        await large.close()

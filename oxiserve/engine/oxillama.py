@@ -39,6 +39,7 @@ from oxiserve.engine.base import (
 
 log = logging.getLogger("oxiserve.engine")
 
+COUNT_ENGINE_MAX_BYTES = 256 * 1024 * 1024  # models a second copy is cheap for
 BATCH_SECONDS = 0.002  # as --stream-coalesce-ms: a reader sees no difference
 INSTALL_HINT = "the oxillama engine needs the [oxillama] extra: pip install 'oxiserve[oxillama]'"
 # FinishReason as str(): eos / stopped -> stop, max_tokens / context_full -> length.
@@ -123,8 +124,9 @@ class OxillamaEngine:
         self._parse_tools = tool_parse.parse_tool_calls
         self._workers = [_Worker(ox, config, str(path), i) for i in range(config.engine_workers)]
         self._context = config.context_size or info.context_length or 2048
-        self._counter = threading.Lock()  # tokenizing on a busy engine would fail: see count
-        self._count_engine = _Worker(ox, config, str(path), -1)
+        self._counter = threading.Lock()
+        self._count_engine: _Worker | None = None
+        self._count = self._token_counter(ox, config, path)
         self._embedder = (
             _Worker(ox, config, config.embedding_model, -2) if config.embedding_model else None
         )
@@ -142,8 +144,25 @@ class OxillamaEngine:
         return self._models
 
     def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` for request checks (lengths, budgets, embeddings usage); the
+        usage of a generation comes from the engine itself."""
         with self._counter:
-            return len(self._count_engine.engine.tokenize(text))
+            return self._count(text)
+
+    def _token_counter(self, ox: ModuleType, config: Config, path: Path) -> Callable[[str], int]:
+        """A busy engine cannot tokenize ("Already borrowed"): count with ``--tokenizer``'s
+        file, else with an engine of its own for a small model, else approximately (a second
+        copy of a large model is not worth exact counts of request checks)."""
+        if config.tokenizer:
+            tokenizer = ox.Tokenizer.from_file(config.tokenizer)
+            return lambda text: len(tokenizer.encode(text))
+        if path.stat().st_size <= COUNT_ENGINE_MAX_BYTES:
+            counter = self._count_engine = _Worker(ox, config, str(path), -1)
+            return lambda text: len(counter.engine.tokenize(text))
+        from oxiserve.engine import sim_text
+
+        log.info("request token counts are approximate (no --tokenizer file)")
+        return sim_text.count_tokens
 
     def generate(self, request: GenerationRequest) -> OxillamaStream:
         return OxillamaStream(self, request)
