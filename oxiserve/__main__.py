@@ -27,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
             help_text = (
                 f"{f.metadata['help']}: {', '.join(f.metadata['choices'])} [env {env_name(f.name)}]"
             )
+        if field_type(f) is tuple:
+            parser.add_argument(
+                flag, dest=f.name, action="append", default=argparse.SUPPRESS, help=help_text,
+                metavar=f.name.upper(),
+            )  # fmt: skip
+            continue
         if field_type(f) is bool:
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction,
@@ -73,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from oxiserve import loops
-    from oxiserve.engine.oxillama import EngineStartError
+    from oxiserve.errors import StartupError
     from oxiserve.server import serve
 
     try:
@@ -87,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"oxiserve: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
-    except EngineStartError as exc:
+    except StartupError as exc:
         print(f"oxiserve: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -73,6 +73,14 @@ class Config:
         600.0, "seconds a run may take, waiting for tool outputs included, before it expires"
     )
 
+    # Who may call it
+    api_key: tuple[str, ...] = _opt(
+        (),
+        "a key clients must send as 'Authorization: Bearer KEY' (repeatable; env: comma-"
+        "separated); with any key set, every /v1 request needs one",
+    )
+    api_keys_file: str = _opt("", "a file of keys, one a line (# comments); reloaded on SIGHUP")
+
     cors_allow_origins: str = _opt(
         "", "origins a web page may call the API from: comma-separated, or * (empty: no CORS)"
     )
@@ -182,6 +190,9 @@ class Config:
             if raw is not None:
                 values[f.name] = parse_value(f, raw)
         values.update(overrides)
+        for name, value in values.items():
+            if isinstance(value, list):  # a repeated command-line option
+                values[name] = tuple(value)
         return cls(**values)
 
 
@@ -203,6 +214,8 @@ def parse_value(f: dataclasses.Field[Any], raw: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{env_name(f.name)}: expected a boolean, got {raw!r}")
+    if kind is tuple:  # a repeatable option: comma-separated in the environment
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     try:
         return kind(raw)
     except ValueError:

@@ -15,6 +15,10 @@ import orjson
 from oxiserve.http.messages import Headers, HTTPError
 
 
+class StartupError(Exception):
+    """The server cannot start as configured (one line for the user, no traceback)."""
+
+
 class APIError(Exception):
     """Base class: an error answered with ``status`` and OpenAI's error body."""
 

@@ -20,10 +20,11 @@ from types import TracebackType
 
 from oxiserve import responses
 from oxiserve.api import build_router
+from oxiserve.api.keys import KeyRing
 from oxiserve.api.state import AppState
 from oxiserve.config import Config
 from oxiserve.engine.base import Engine
-from oxiserve.errors import error_response, render_error
+from oxiserve.errors import StartupError, error_response, render_error
 from oxiserve.http.connection import Connection
 from oxiserve.http.context import ServerContext
 from oxiserve.jobs import JobSupervisor
@@ -84,7 +85,12 @@ class Server:
         except BaseException:
             await store.close()
             raise
-        self.state = AppState(self.config, engine, jobs, store=store, runs=runs)
+        try:
+            keys = KeyRing(self.config.api_key, self.config.api_keys_file)
+        except ValueError as exc:
+            await store.close()
+            raise StartupError(str(exc)) from None
+        self.state = AppState(self.config, engine, jobs, store=store, runs=runs, keys=keys)
         ctx = self._ctx = ServerContext(
             self.config, build_router(self.state), loop,
             render_error=render_error, error_response=error_response,
@@ -133,6 +139,18 @@ class Server:
             if self.state.store is not None:
                 await self.state.store.close()
 
+    async def reload_keys(self) -> int:
+        """Read the API keys file again (SIGHUP), off the event loop; connections stay."""
+        if self.state is None or self.state.keys is None:
+            return 0
+        try:
+            count = await asyncio.to_thread(self.state.keys.reload)
+        except ValueError as exc:  # no keys were read before either: nothing changes
+            log.error("API keys not reloaded: %s", exc)
+            return 0
+        log.info("API keys reloaded: %d keys", count)
+        return count
+
     async def __aenter__(self) -> Server:
         await self.start()
         return self
@@ -154,6 +172,14 @@ async def serve(config: Config, *, loop_name: str = "asyncio") -> None:
         loop.add_signal_handler(sig, stop.set)
     server = Server(config)
     await server.start()
+    reloads: set[asyncio.Task[int]] = set()  # owned here until they end
+
+    def reload() -> None:
+        task = loop.create_task(server.reload_keys())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     engine = server.state.engine.name if server.state else config.engine
     print(
         f"oxiserve listening on {server.url} (engine={engine}, loop={loop_name})",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from oxiserve.api.keys import KeyRing
 from oxiserve.config import Config
 from oxiserve.engine.base import Engine, ModelInfo
 from oxiserve.errors import ModelNotFound
@@ -22,6 +23,7 @@ class AppState:
     started_at: float = field(default_factory=time.time)
     store: Store | None = None  # None: the server was not started (handlers never see that)
     runs: Runs | None = None
+    keys: KeyRing | None = None  # None or not enabled: /v1 is open
 
     def model(self, model_id: str) -> ModelInfo:
         for info in self.engine.models():

@@ -20,8 +20,9 @@ def store_of(state: AppState) -> Store:
 
 
 def owner_of(request: Request) -> str:
-    """The owner objects are stored under ("" until API keys scope them)."""
-    return ""
+    """The owner objects are stored under: the caller's key fingerprint ("" without keys,
+    when everything is shared)."""
+    return request.identity
 
 
 def query(request: Request) -> dict[str, str]:

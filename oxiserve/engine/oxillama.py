@@ -36,6 +36,7 @@ from oxiserve.engine.base import (
     ToolCall,
     Usage,
 )
+from oxiserve.errors import StartupError
 
 log = logging.getLogger("oxiserve.engine")
 
@@ -49,7 +50,7 @@ _FINISH: dict[str, FinishReason] = {
 }  # fmt: skip
 
 
-class EngineStartError(Exception):
+class EngineStartError(StartupError):
     """The engine cannot start (extra missing, model file missing or invalid): one line."""
 
 

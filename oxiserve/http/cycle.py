@@ -192,8 +192,9 @@ class Cycle:
         request = self.request
         if request is not None and ctx.access_log:
             access_log.info(
-                '%s %s %d %d %.1fms id=%s', request.method, request.path, status,
+                '%s %s %d %d %.1fms id=%s%s', request.method, request.path, status,
                 self.sent, max(0.0, ctx.loop.time() - self.started) * 1000, request.request_id,
+                f" key={request.identity}" if request.identity else "",
             )  # fmt: skip
 
 

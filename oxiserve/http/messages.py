@@ -29,7 +29,9 @@ class Request:
     """One parsed HTTP request with its whole body.
 
     ``headers`` maps lower-case names to values (repeated fields joined with
-    ", " as RFC 9110 allows); ``params`` holds the router's ``{param}`` values.
+    ", " as RFC 9110 allows); ``params`` holds the router's ``{param}`` values;
+    ``identity`` is who the app's checks found sent it (e.g. an API key's
+    fingerprint; logged instead of any credential).
     """
 
     method: str
@@ -40,6 +42,7 @@ class Request:
     request_id: str
     http_version: str = "1.1"
     params: dict[str, str] = field(default_factory=dict)
+    identity: str = ""
 
     def json(self) -> Any:
         """The body parsed as JSON; 400 with a clear message when it is not."""
