@@ -81,6 +81,15 @@ class Config:
     )
     api_keys_file: str = _opt("", "a file of keys, one a line (# comments); reloaded on SIGHUP")
 
+    rate_limit_rps: float = _opt(
+        0.0, "requests per second each key (or client address, without keys) may make (0: no limit)"
+    )
+    rate_limit_burst: int = _opt(0, "requests a key may make at once above its rate (0: the rate)")
+    rate_limit_tpm: int = _opt(
+        0, "tokens per minute each key may ask for, prompt + max tokens (0: no limit)"
+    )
+    max_concurrent_streams: int = _opt(0, "streams each key may have open at once (0: no limit)")
+
     cors_allow_origins: str = _opt(
         "", "origins a web page may call the API from: comma-separated, or * (empty: no CORS)"
     )

@@ -21,6 +21,7 @@ from types import TracebackType
 from oxiserve import responses
 from oxiserve.api import build_router
 from oxiserve.api.keys import KeyRing
+from oxiserve.api.limits import Limits
 from oxiserve.api.state import AppState
 from oxiserve.config import Config
 from oxiserve.engine.base import Engine
@@ -90,7 +91,11 @@ class Server:
         except ValueError as exc:
             await store.close()
             raise StartupError(str(exc)) from None
-        self.state = AppState(self.config, engine, jobs, store=store, runs=runs, keys=keys)
+        config = self.config
+        limits = Limits(config.rate_limit_rps, config.rate_limit_burst, config.rate_limit_tpm,
+                        config.max_concurrent_streams)  # fmt: skip
+        self.state = AppState(config, engine, jobs, store=store, runs=runs, keys=keys,
+                              limits=limits)  # fmt: skip
         ctx = self._ctx = ServerContext(
             self.config, build_router(self.state), loop,
             render_error=render_error, error_response=error_response,

@@ -14,9 +14,19 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from oxiserve.api.keys import KeyRing
+import orjson
+
+from oxiserve.api.limits import Limits
 from oxiserve.api.state import AppState
-from oxiserve.http.messages import AnyResponse, Request
+from oxiserve.errors import APIError
+from oxiserve.http.messages import (
+    AnyResponse,
+    BodyWriter,
+    Headers,
+    Request,
+    StreamProducer,
+    StreamResponse,
+)
 from oxiserve.http.router import Router
 
 Handler = Callable[[AppState, Request], AnyResponse | Awaitable[AnyResponse]]
@@ -32,23 +42,96 @@ class Route:
 def bind(router: Router, state: AppState, routes: Iterable[Route]) -> None:
     for route in routes:
         handler: Any = functools.partial(route.handler, state)
-        if route.path.startswith("/v1/") and state.keys is not None and state.keys.enabled:
-            handler = _guarded(handler, state.keys, inspect.iscoroutinefunction(route.handler))
+        if route.path.startswith("/v1/") and _checks_on(state):
+            handler = _guarded(handler, state, inspect.iscoroutinefunction(route.handler))
         router.add(route.method, route.path, handler)
 
 
-def _guarded(handler: Any, keys: KeyRing, is_async: bool) -> Any:
-    """``handler`` behind the API keys: the caller's key fingerprint becomes its identity."""
+def _checks_on(state: AppState) -> bool:
+    return bool((state.keys and state.keys.enabled) or (state.limits and state.limits.enabled))
+
+
+def _guarded(handler: Any, state: AppState, is_async: bool) -> Any:
+    """``handler`` behind the API keys (the caller's key fingerprint becomes its identity) and
+    the rate limits (their headers on every answer, errors included)."""
+    keys = state.keys if state.keys is not None and state.keys.enabled else None
+    limits = state.limits if state.limits is not None and state.limits.enabled else None
+
+    def admit(request: Request) -> tuple[Headers, str | None]:
+        if keys is not None:
+            request.identity = keys.identify(request.headers.get("authorization"))
+        if limits is None:
+            return (), None
+        who = request.identity or request.client
+        tokens, stream = _asks(request) if (limits.tpm or limits.streams) else (0, False)
+        headers = limits.admit(who, tokens, stream=stream)
+        if stream and limits.streams:
+            limits.stream_opened(who)
+            return headers, who
+        return headers, None
+
+    def settle(response: AnyResponse, headers: Headers, streaming: str | None) -> AnyResponse:
+        response.headers += headers
+        if streaming is not None and limits is not None:
+            if isinstance(response, StreamResponse):
+                response.producer = _counted(response.producer, limits, streaming)
+            else:
+                limits.stream_closed(streaming)
+        return response
+
+    def failed(exc: BaseException, headers: Headers, streaming: str | None) -> None:
+        if streaming is not None and limits is not None:
+            limits.stream_closed(streaming)
+        if isinstance(exc, APIError):
+            exc.headers += headers
+
     if is_async:
 
         async def guarded_async(request: Request) -> AnyResponse:
-            request.identity = keys.identify(request.headers.get("authorization"))
-            return await handler(request)  # type: ignore[no-any-return]
+            headers, streaming = admit(request)
+            try:
+                response = await handler(request)
+            except BaseException as exc:
+                failed(exc, headers, streaming)
+                raise
+            return settle(response, headers, streaming)
 
         return guarded_async
 
     def guarded(request: Request) -> AnyResponse:
-        request.identity = keys.identify(request.headers.get("authorization"))
-        return handler(request)  # type: ignore[no-any-return]
+        headers, streaming = admit(request)
+        try:
+            response = handler(request)
+        except BaseException as exc:
+            failed(exc, headers, streaming)
+            raise
+        return settle(response, headers, streaming)
 
     return guarded
+
+
+def _counted(producer: StreamProducer, limits: Limits, who: str) -> StreamProducer:
+    async def counted(writer: BodyWriter) -> None:
+        try:
+            await producer(writer)
+        finally:
+            limits.stream_closed(who)
+
+    return counted
+
+
+def _asks(request: Request) -> tuple[int, bool]:
+    """(tokens a request asks for: its prompt, about a token per 4 bytes, plus its max
+    tokens; whether it streams) for the limits, read before the handler validates it."""
+    try:
+        body = orjson.loads(request.body) if request.body else {}
+    except orjson.JSONDecodeError:
+        return 0, False
+    if not isinstance(body, dict):
+        return 0, False
+    most = 0
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > most:
+            most = value
+    return len(request.body) // 4 + most, body.get("stream") is True

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from oxiserve.api.keys import KeyRing
+from oxiserve.api.limits import Limits
 from oxiserve.config import Config
 from oxiserve.engine.base import Engine, ModelInfo
 from oxiserve.errors import ModelNotFound
@@ -24,6 +25,7 @@ class AppState:
     store: Store | None = None  # None: the server was not started (handlers never see that)
     runs: Runs | None = None
     keys: KeyRing | None = None  # None or not enabled: /v1 is open
+    limits: Limits | None = None  # None or not enabled: no rate limits
 
     def model(self, model_id: str) -> ModelInfo:
         for info in self.engine.models():

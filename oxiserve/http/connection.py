@@ -80,6 +80,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, ctx: Host) -> None:
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
+        self.peer = ""  # the client's address, for the app's per-client checks
         self._moves = ctx.phase_moves
         self._clock = ctx.loop.time
         self.phase = Phase.IDLE
@@ -107,6 +108,9 @@ class Connection(asyncio.Protocol):
         # Used through the documented Transport methods only: uvloop's transports implement
         # them without subclassing asyncio.Transport.
         self.transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.peer = str(peer[0])
         if not self.ctx.admit(self):
             self._reject_now(503, "The server has too many open connections; retry later.")
             self._close()
@@ -282,7 +286,7 @@ class Connection(asyncio.Protocol):
         body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         request = cycle.request = Request(
             head.method.decode("ascii"), path, query, headers, body, request_id,
-            head.http_version.decode("ascii"),
+            head.http_version.decode("ascii"), client=self.peer,
         )  # fmt: skip
         if cycle.probe is not None:
             self._memoize(cycle, cycle.probe, request)
@@ -322,7 +326,7 @@ class Connection(asyncio.Protocol):
         cycle.started = self._clock()
         request = cycle.request = Request(
             head.method, head.path, head.query, fields, data[found.head_end : end],
-            head.request_id or self.ctx.new_id(), head.http_version,
+            head.request_id or self.ctx.new_id(), head.http_version, client=self.peer,
         )  # fmt: skip
         self._dispatch(cycle, request)
 

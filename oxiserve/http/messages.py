@@ -42,6 +42,7 @@ class Request:
     request_id: str
     http_version: str = "1.1"
     params: dict[str, str] = field(default_factory=dict)
+    client: str = ""  # the peer's address ("" when the transport has none)
     identity: str = ""
 
     def json(self) -> Any:
