@@ -81,6 +81,7 @@ class Config:
     )
     api_keys_file: str = _opt("", "a file of keys, one a line (# comments); reloaded on SIGHUP")
 
+    metrics_public: bool = _opt(False, "GET /metrics needs no API key even when keys are set")
     rate_limit_rps: float = _opt(
         0.0, "requests per second each key (or client address, without keys) may make (0: no limit)"
     )

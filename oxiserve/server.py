@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from types import TracebackType
 
 from oxiserve import responses
@@ -29,6 +30,7 @@ from oxiserve.errors import StartupError, error_response, render_error
 from oxiserve.http.connection import Connection
 from oxiserve.http.context import ServerContext
 from oxiserve.jobs import JobSupervisor
+from oxiserve.metrics import Metrics
 from oxiserve.runs.manager import Runs
 from oxiserve.runs.worker import RunContext
 from oxiserve.store.sqlite import SqliteStore
@@ -94,8 +96,9 @@ class Server:
         config = self.config
         limits = Limits(config.rate_limit_rps, config.rate_limit_burst, config.rate_limit_tpm,
                         config.max_concurrent_streams)  # fmt: skip
+        metrics = Metrics(self._gauges(engine, jobs))
         self.state = AppState(config, engine, jobs, store=store, runs=runs, keys=keys,
-                              limits=limits)  # fmt: skip
+                              limits=limits, metrics=metrics)  # fmt: skip
         ctx = self._ctx = ServerContext(
             self.config, build_router(self.state), loop,
             render_error=render_error, error_response=error_response,
@@ -143,6 +146,22 @@ class Server:
             await self.state.engine.close()
             if self.state.store is not None:
                 await self.state.store.close()
+
+    def _gauges(self, engine: Engine, jobs: JobSupervisor) -> dict[str, Callable[[], float]]:
+        """What /metrics reads at scrape time (nothing is counted per token for these)."""
+
+        def running() -> float:
+            return float(getattr(engine, "running", getattr(engine, "active_generations", 0)))
+
+        return {
+            "vllm:num_requests_running": running,
+            "vllm:num_requests_waiting": lambda: float(getattr(engine, "waiting", 0)),
+            "vllm:kv_cache_usage_perc": lambda: 0.0,
+            "oxiserve_active_streams": lambda: float(jobs.running),
+            "oxiserve_open_connections": lambda: float(
+                len(self._ctx.connections) if self._ctx is not None else 0
+            ),
+        }
 
     async def reload_keys(self) -> int:
         """Read the API keys file again (SIGHUP), off the event loop; connections stay."""

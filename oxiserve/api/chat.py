@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from oxiserve.api.sampling import (
 )
 from oxiserve.api.shapes import TextTemplates, usage_object
 from oxiserve.api.state import AppState
-from oxiserve.api.streaming import ChoiceResult, collect, start_stream, total_usage
+from oxiserve.api.streaming import ChoiceResult, collect, record, start_stream, total_usage
 from oxiserve.engine.base import TokenLogprob, ToolCall, Usage
 from oxiserve.errors import APIError
 from oxiserve.http import sse
@@ -52,7 +53,9 @@ async def create_chat_completion(state: AppState, request: Request) -> Response 
     created = int(time.time())
     legacy = chat.legacy_functions
     if not sampling.stream:
+        started = asyncio.get_running_loop().time()
         results = await collect(state.engine, requests, sampling.stop)
+        record(state.metrics, results, model, started, None)
         body = completion_object(completion_id, created, model, results, sampling, legacy)
         return json_response(body)
     encoder = ChatChunkEncoder(completion_id, created, model, legacy_functions=legacy)

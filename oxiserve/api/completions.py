@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from oxiserve.api.sampling import (
 )
 from oxiserve.api.shapes import TextTemplates, usage_object
 from oxiserve.api.state import AppState
-from oxiserve.api.streaming import ChoiceResult, collect, start_stream, total_usage
+from oxiserve.api.streaming import ChoiceResult, collect, record, start_stream, total_usage
 from oxiserve.engine.base import GenerationRequest, TokenLogprob, ToolCall, Usage
 from oxiserve.errors import APIError, InvalidRequest
 from oxiserve.http import sse
@@ -67,7 +68,9 @@ async def create_completion(state: AppState, request: Request) -> Response | Str
     if echo:
         check_echo_budget(requests, state.config.max_tokens_limit)
     if not sampling.stream:
+        started = asyncio.get_running_loop().time()
         results = await collect(state.engine, requests, sampling.stop)
+        record(state.metrics, results, model, started, None)
         for result in results:
             result.text = echoes.get(result.index, "") + result.text
         return json_response(completion_object(completion_id, created, model, results, sampling))

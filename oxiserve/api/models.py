@@ -8,6 +8,7 @@ from oxiserve.api.routes import Route
 from oxiserve.api.state import AppState
 from oxiserve.engine.base import ModelInfo
 from oxiserve.http.messages import Request, Response, json_response
+from oxiserve.metrics import CONTENT_TYPE
 
 _HEALTH = Response(b'{"status":"ok"}')
 
@@ -29,8 +30,19 @@ def get_model(state: AppState, request: Request) -> Response:
     return json_response(model_object(state.model(request.params["model"])))
 
 
+def metrics(state: AppState, request: Request) -> Response:
+    """The Prometheus exposition; behind the API keys unless --metrics-public."""
+    keys = state.keys
+    if keys is not None and keys.enabled and not state.config.metrics_public:
+        request.identity = keys.identify(request.headers.get("authorization"))
+    if state.metrics is None:
+        raise RuntimeError("the server was started without metrics")
+    return Response(state.metrics.render(), content_type=CONTENT_TYPE)
+
+
 ROUTES = [
     Route("GET", "/health", health),
+    Route("GET", "/metrics", metrics),
     Route("GET", "/v1/models", list_models),
     Route("GET", "/v1/models/{model}", get_model),
 ]

@@ -10,24 +10,27 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from oxiserve.api.limits import Limits
+from oxiserve.api.limits import Limits, RateLimited
 from oxiserve.api.state import AppState
 from oxiserve.errors import APIError
 from oxiserve.http.messages import (
     AnyResponse,
     BodyWriter,
     Headers,
+    HTTPError,
     Request,
     StreamProducer,
     StreamResponse,
 )
 from oxiserve.http.router import Router
+from oxiserve.metrics import Metrics
 
 Handler = Callable[[AppState, Request], AnyResponse | Awaitable[AnyResponse]]
 
@@ -42,9 +45,50 @@ class Route:
 def bind(router: Router, state: AppState, routes: Iterable[Route]) -> None:
     for route in routes:
         handler: Any = functools.partial(route.handler, state)
+        is_async = inspect.iscoroutinefunction(route.handler)
         if route.path.startswith("/v1/") and _checks_on(state):
-            handler = _guarded(handler, state, inspect.iscoroutinefunction(route.handler))
+            handler = _guarded(handler, state, is_async)
+        if state.metrics is not None:
+            handler = _measured(handler, state.metrics, route, is_async)
         router.add(route.method, route.path, handler)
+
+
+def _measured(handler: Any, metrics: Metrics, route: Route, is_async: bool) -> Any:
+    """``handler`` counted in ``oxiserve_requests_total{route,method,status}`` (the route's
+    pattern, never the raw path) and timed to its answer."""
+    clock, path, method = time.perf_counter, route.path, route.method
+
+    def failed(exc: BaseException, start: float) -> None:
+        status = exc.status if isinstance(exc, APIError | HTTPError) else 500
+        if isinstance(exc, RateLimited):
+            metrics.count("oxiserve_rate_limited")
+        metrics.request(path, method, status, clock() - start)
+
+    if is_async:
+
+        async def measured_async(request: Request) -> AnyResponse:
+            start = clock()
+            try:
+                response: AnyResponse = await handler(request)
+            except BaseException as exc:
+                failed(exc, start)
+                raise
+            metrics.request(path, method, response.status, clock() - start)
+            return response
+
+        return measured_async
+
+    def measured(request: Request) -> AnyResponse:
+        start = clock()
+        try:
+            response: AnyResponse = handler(request)
+        except BaseException as exc:
+            failed(exc, start)
+            raise
+        metrics.request(path, method, response.status, clock() - start)
+        return response
+
+    return measured
 
 
 def _checks_on(state: AppState) -> bool:

@@ -12,6 +12,7 @@ from oxiserve.config import Config
 from oxiserve.engine.base import Engine, ModelInfo
 from oxiserve.errors import ModelNotFound
 from oxiserve.jobs import JobSupervisor
+from oxiserve.metrics import Metrics
 from oxiserve.runs.manager import Runs
 from oxiserve.store.base import Store
 
@@ -26,6 +27,7 @@ class AppState:
     runs: Runs | None = None
     keys: KeyRing | None = None  # None or not enabled: /v1 is open
     limits: Limits | None = None  # None or not enabled: no rate limits
+    metrics: Metrics | None = None
 
     def model(self, model_id: str) -> ModelInfo:
         for info in self.engine.models():

@@ -35,6 +35,7 @@ from oxiserve.errors import APIError, ServerError, error_for_status
 from oxiserve.http import sse
 from oxiserve.http.messages import BodyWriter, StreamResponse
 from oxiserve.jobs import Job
+from oxiserve.metrics import Metrics
 
 log = logging.getLogger("oxiserve.api")
 
@@ -203,6 +204,8 @@ class StreamJob:
         self._include_usage = include_usage
         self._done_frame = done_frame
         self._streaming = False  # True once the response head may have gone out
+        self.started = asyncio.get_running_loop().time()
+        self.first_token: float | None = None  # when the first choice's first token came
         # What ends the stream if the job is cancelled with subscribers left (shutdown).
         self.terminal = encoder.error(
             error_for_status(503, "The server is shutting down; retry.", code="shutting_down")
@@ -272,6 +275,8 @@ class StreamJob:
         def open_choice() -> None:
             nonlocal opened
             opened = True
+            if self.first_token is None:
+                self.first_token = asyncio.get_running_loop().time()
             frame = encoder.open(index)
             if frame is not None:
                 topic.publish(frame)
@@ -321,6 +326,24 @@ class StreamJob:
         result.take_outcome(stream)
 
 
+def record(
+    metrics: Metrics | None,
+    results: Sequence[ChoiceResult],
+    model: str,
+    started: float,
+    first_token: float | None,
+) -> None:
+    """Each ended choice in the metrics (a non-stream answer's first token is the answer)."""
+    if metrics is None:
+        return
+    now = asyncio.get_running_loop().time()
+    first = now if first_token is None else first_token
+    for result in results:
+        metrics.generation(model, prompt=result.usage.prompt_tokens,
+                           generated=result.usage.completion_tokens, ttft=first - started,
+                           e2e=now - started, finish=result.finish_reason)  # fmt: skip
+
+
 async def start_stream(
     state: AppState,
     requests: Sequence[GenerationRequest],
@@ -336,13 +359,20 @@ async def start_stream(
         stops=sampling.stop, include_usage=sampling.include_usage,
         capacity=config.stream_buffer, per_prompt=sampling.n,
     )  # fmt: skip
-    job = state.jobs.start(stream.run(), stream.topic, terminal=stream.terminal)
+    job = state.jobs.start(_recorded(state, stream, requests[0].model), stream.topic,
+                           terminal=stream.terminal)  # fmt: skip
     try:
         await stream.wait_started(config.sse_keepalive)
     except BaseException:
         job.cancel()
         raise
     return stream.response(job, config.sse_keepalive)
+
+
+async def _recorded(state: AppState, stream: StreamJob, model: str) -> None:
+    await stream.run()
+    if stream.error is None:
+        record(state.metrics, stream.results, model, stream.started, stream.first_token)
 
 
 class _LogprobIndex:
