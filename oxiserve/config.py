@@ -30,6 +30,9 @@ class Config:
     # Server
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8000, "port to listen on (0 picks a free port)")
+    ssl_certfile: str = _opt("", "TLS certificate chain (PEM): serve HTTPS")
+    ssl_keyfile: str = _opt("", "TLS private key (PEM), with --ssl-certfile")
+    uds: str = _opt("", "serve on this Unix domain socket path instead of host:port")
     engine: EngineName = _opt(
         "sim",
         "inference engine (oxillama: a GGUF model, the [oxillama] extra)",
@@ -173,6 +176,8 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 problems.append(f"{f.name} must be one of {', '.join(choices)}")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            problems.append("ssl_certfile and ssl_keyfile go together")
         if self.engine_workers < 1:
             problems.append("engine_workers must be at least 1")
         if self.max_queue < 0:

@@ -15,8 +15,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 
 from oxiserve import responses
@@ -65,8 +67,11 @@ class Server:
 
     @property
     def url(self) -> str:
+        scheme = "https" if self.config.ssl_certfile else "http"
+        if self.config.uds:
+            return f"{scheme}+unix://{self.config.uds}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def context(self) -> ServerContext:
@@ -78,6 +83,7 @@ class Server:
         if self._server is not None:
             raise RuntimeError("server already started")
         loop = asyncio.get_running_loop()
+        tls = self._tls()  # a bad certificate stops the start before anything is opened
         engine = self._engine or create_engine(self.config)
         store = await SqliteStore.open(self.config.db)
         try:
@@ -103,12 +109,32 @@ class Server:
             self.config, build_router(self.state), loop,
             render_error=render_error, error_response=error_response,
         )  # fmt: skip
-        self._server = await loop.create_server(
-            lambda: Connection(ctx), self.config.host, self.config.port, backlog=2048
-        )
-        sockname = self._server.sockets[0].getsockname()
-        self.host, self.port = sockname[0], sockname[1]
+        if self.config.uds:
+            with contextlib.suppress(FileNotFoundError):
+                Path(self.config.uds).unlink()  # a socket file left by a previous run
+            self._server = await loop.create_unix_server(
+                lambda: Connection(ctx), self.config.uds, backlog=2048, ssl=tls
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: Connection(ctx), self.config.host, self.config.port, backlog=2048,
+                ssl=tls,
+            )  # fmt: skip
+            sockname = self._server.sockets[0].getsockname()
+            self.host, self.port = sockname[0], sockname[1]
         ctx.start_sweeping()
+
+    def _tls(self) -> ssl.SSLContext | None:
+        config = self.config
+        if not config.ssl_certfile:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"cannot load the TLS certificate or key: {exc}") from None
+        context.set_alpn_protocols(["http/1.1"])
+        return context
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting; let in-flight requests and running jobs finish (up to ``timeout``);
@@ -142,6 +168,9 @@ class Server:
             await asyncio.wait_for(ctx.drained(), 1.0)
         ctx.stop_sweeping()
         await server.wait_closed()
+        if self.config.uds:
+            with contextlib.suppress(OSError):
+                Path(self.config.uds).unlink()
         if self.state is not None:
             await self.state.engine.close()
             if self.state.store is not None:
