@@ -110,8 +110,7 @@ class Server:
             render_error=render_error, error_response=error_response,
         )  # fmt: skip
         if self.config.uds:
-            with contextlib.suppress(FileNotFoundError):
-                Path(self.config.uds).unlink()  # a socket file left by a previous run
+            await asyncio.to_thread(_remove, self.config.uds)  # left by a previous run
             self._server = await loop.create_unix_server(
                 lambda: Connection(ctx), self.config.uds, backlog=2048, ssl=tls
             )
@@ -169,8 +168,7 @@ class Server:
         ctx.stop_sweeping()
         await server.wait_closed()
         if self.config.uds:
-            with contextlib.suppress(OSError):
-                Path(self.config.uds).unlink()
+            await asyncio.to_thread(_remove, self.config.uds)
         if self.state is not None:
             await self.state.engine.close()
             if self.state.store is not None:
@@ -215,6 +213,12 @@ class Server:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _remove(path: str) -> None:
+    """Remove a Unix socket's file, if there is one."""
+    with contextlib.suppress(FileNotFoundError):
+        Path(path).unlink()
 
 
 async def serve(config: Config, *, loop_name: str = "asyncio") -> None:
