@@ -88,7 +88,8 @@ class Server:
         store = await SqliteStore.open(self.config.db)
         try:
             jobs = JobSupervisor(self.config.job_retention, max_retained=self.config.retained_jobs)
-            runs = Runs(RunContext(self.config, engine, store), jobs)
+            metrics = Metrics(self._gauges(engine, jobs))
+            runs = Runs(RunContext(self.config, engine, store, metrics), jobs)
             await runs.recover()
             await responses.recover(store)
         except BaseException:
@@ -102,7 +103,6 @@ class Server:
         config = self.config
         limits = Limits(config.rate_limit_rps, config.rate_limit_burst, config.rate_limit_tpm,
                         config.max_concurrent_streams)  # fmt: skip
-        metrics = Metrics(self._gauges(engine, jobs))
         self.state = AppState(config, engine, jobs, store=store, runs=runs, keys=keys,
                               limits=limits, metrics=metrics)  # fmt: skip
         ctx = self._ctx = ServerContext(

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import openai
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from oxiserve.metrics import Histogram
@@ -126,3 +128,25 @@ def test_a_histogram_counts_a_value_many_times_at_once() -> None:
     hist.observe(5.0)
     assert hist.buckets() == [("0.1", 1), ("1.0", 4), ("+Inf", 5)]
     assert hist.total == 0.05 + 1.5 + 5.0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks Assistants deprecated
+async def test_runs_and_responses_are_recorded_too() -> None:
+    async with (
+        running() as server,
+        openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as sdk,
+        httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as http,
+    ):
+        response = await sdk.responses.create(model="oxiserve-sim", input="Hi")
+        assistant = await sdk.beta.assistants.create(model="oxiserve-sim")
+        thread = await sdk.beta.threads.create(messages=[{"role": "user", "content": "Hi"}])
+        run = await sdk.beta.threads.runs.create_and_poll(
+            thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=5
+        )
+        families = await scrape(http)
+    assert response.usage is not None
+    assert run.usage is not None
+    generated = response.usage.output_tokens + run.usage.completion_tokens
+    model = {"model_name": "oxiserve-sim"}
+    assert sample(families, "vllm:generation_tokens", "_total", **model) == generated
+    assert sample(families, "vllm:request_success", "_total", **model) == 2

@@ -19,6 +19,7 @@ from typing import Any
 from oxiserve.broadcast import Topic
 from oxiserve.config import Config
 from oxiserve.engine.base import Engine, EngineError, GenerationRequest, TokenStream, Usage
+from oxiserve.metrics import Metrics
 from oxiserve.responses import objects
 from oxiserve.responses.writer import TERMINAL_EVENTS, ResponseWriter, TopicChannel
 from oxiserve.store.base import Kind, Record, Store
@@ -50,6 +51,7 @@ class ResponseContext:
     config: Config
     engine: Engine
     store: Store
+    metrics: Metrics | None = None
 
 
 def response_record(response: dict[str, Any], owner: str) -> Record:
@@ -128,12 +130,14 @@ class ResponseJob:
         response, writer = self.response, self.writer
         stream = self._stream = self._ctx.engine.generate(self._request)
         loop = asyncio.get_running_loop()
+        started, first = loop.time(), None
         next_checkpoint = loop.time() + CHECKPOINT_SECONDS
         try:
             async for piece in stream:
                 if self._cancelled:
                     break
                 if not self._pieces:
+                    first = loop.time()
                     writer.open_message(0, objects.new_id("msg"))
                 self._pieces.append(piece)
                 writer.text(0, piece)
@@ -143,6 +147,13 @@ class ResponseJob:
         finally:
             await stream.aclose()
         usage = stream.usage
+        if self._ctx.metrics is not None:
+            now = loop.time()
+            self._ctx.metrics.generation(
+                response["model"], prompt=usage.prompt_tokens, generated=usage.completion_tokens,
+                ttft=(first or now) - started, e2e=now - started,
+                finish=stream.finish_reason or "abort",
+            )  # fmt: skip
         response["usage"] = objects.usage_object(
             Usage(usage.prompt_tokens, usage.completion_tokens)
         )

@@ -35,6 +35,7 @@ from oxiserve.engine.base import (
     chatml,
 )
 from oxiserve.http import sse
+from oxiserve.metrics import Metrics
 from oxiserve.runs import objects
 from oxiserve.runs.states import RunStatus, advance
 from oxiserve.store.base import Kind, Record, Store
@@ -52,6 +53,7 @@ class RunContext:
     config: Config
     engine: Engine
     store: Store
+    metrics: Metrics | None = None
 
 
 @dataclass(slots=True)
@@ -104,6 +106,7 @@ class RunLeg:
         self._message: dict[str, Any] | None = None
         self._step: dict[str, Any] | None = None
         self._pieces: list[str] = []
+        self._first_token: float | None = None
 
     async def run(self) -> None:
         active = self._active
@@ -136,12 +139,22 @@ class RunLeg:
         request = await self._request()
         if request is None:
             return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         stream = active.stream = self._ctx.engine.generate(request)
         try:
             await self._stream_text(stream)
         finally:
             await stream.aclose()
             active.stream = None
+        if self._ctx.metrics is not None:
+            now = loop.time()
+            first = self._first_token if self._first_token is not None else now
+            self._ctx.metrics.generation(
+                run["model"], prompt=stream.usage.prompt_tokens,
+                generated=stream.usage.completion_tokens, ttft=first - started, e2e=now - started,
+                finish=stream.finish_reason or "abort",
+            )  # fmt: skip
         active.usage = Usage(
             active.usage.prompt_tokens + stream.usage.prompt_tokens,
             active.usage.completion_tokens + stream.usage.completion_tokens,
@@ -163,6 +176,7 @@ class RunLeg:
             if active.stop_as is not None:  # cancel or expiry came before the stream existed
                 break
             if self._message is None:
+                self._first_token = loop.time()
                 await self._open_message()
                 prefix, suffix = objects.delta_template(self._message_ids[0])
             self._pieces.append(text)

@@ -60,7 +60,7 @@ async def create_response(state: AppState, request: Request) -> Response | Strea
         model=model, prompt=prompt, messages=tuple(messages), headers=engine_headers(request),
         prompt_tokens=state.engine.count_tokens(prompt), **generation,
     )  # fmt: skip
-    ctx = ResponseContext(state.config, state.engine, store_of(state))
+    ctx = ResponseContext(state.config, state.engine, store_of(state), state.metrics)
     job = ResponseJob(ctx, response, engine_request, owner=owner, input_items=items,
                       conversation_id=conversation_id)  # fmt: skip
     snapshot = objects.public(response)
