@@ -17,6 +17,7 @@ SimMode = Literal["echo", "lorem", "fixed"]
 SimFailureKind = Literal["before_first_token", "mid_stream", "429", "503"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
+AccessLogFormat = Literal["text", "json"]
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -45,6 +46,12 @@ class Config:
         "info", "logging level", choices=("debug", "info", "warning", "error")
     )
     access_log: bool = _opt(True, "log one line per request at INFO")
+    access_log_format: AccessLogFormat = _opt(
+        "text", "access log lines as text or as one JSON object each", choices=("text", "json")
+    )
+    root_path: str = _opt(
+        "", "a path prefix the server is served under (e.g. /llm): requests may carry it"
+    )
     loop: LoopName = _opt(
         "auto",
         "event loop of python -m oxiserve (auto: uvloop when installed, see the [fast] extra)",
@@ -176,6 +183,8 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 problems.append(f"{f.name} must be one of {', '.join(choices)}")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            problems.append("root_path must start with / and not end with one (e.g. /llm)")
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             problems.append("ssl_certfile and ssl_keyfile go together")
         if self.engine_workers < 1:

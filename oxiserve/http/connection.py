@@ -337,6 +337,13 @@ class Connection(asyncio.Protocol):
         if request.path == "*":  # OPTIONS * (the only method check_framing lets through)
             cycle.send(self, Response(b"", headers=(("allow", ctx.allow_all),)))
             return
+        root = ctx.config.root_path
+        if (
+            root
+            and request.path.startswith(root)
+            and request.path[len(root) : len(root) + 1] in ("/", "")
+        ):  # served under a prefix: route what follows it
+            request.path = request.path[len(root) :] or "/"
         route = ctx.router.match(request.method, request.path)
         if ctx.cors is not None and request.method == "OPTIONS" and route is not None:
             methods = route.allow if isinstance(route, MethodMismatch) else ("OPTIONS",)

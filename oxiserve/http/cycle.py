@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import h11
+import orjson
 
 from oxiserve.http import wire
 from oxiserve.http.contracts import Host
@@ -190,12 +191,22 @@ class Cycle:
 
     def log_access(self, ctx: Host, status: int) -> None:
         request = self.request
-        if request is not None and ctx.access_log:
-            access_log.info(
-                '%s %s %d %d %.1fms id=%s%s', request.method, request.path, status,
-                self.sent, max(0.0, ctx.loop.time() - self.started) * 1000, request.request_id,
-                f" key={request.identity}" if request.identity else "",
-            )  # fmt: skip
+        if request is None or not ctx.access_log:
+            return
+        ms = max(0.0, ctx.loop.time() - self.started) * 1000
+        if ctx.config.access_log_format == "json":
+            line: dict[str, object] = {
+                "method": request.method, "path": request.path, "status": status,
+                "bytes": self.sent, "ms": round(ms, 1), "request_id": request.request_id,
+            }  # fmt: skip
+            if request.identity:
+                line["key"] = request.identity
+            access_log.info("%s", orjson.dumps(line).decode())
+            return
+        access_log.info(
+            "%s %s %d %d %.1fms id=%s%s", request.method, request.path, status, self.sent, ms,
+            request.request_id, f" key={request.identity}" if request.identity else "",
+        )  # fmt: skip
 
 
 def error(
