@@ -66,8 +66,13 @@ class Histogram:
 class Metrics:
     """The figures of one server (see the module docstring)."""
 
-    def __init__(self, gauges: Mapping[str, Callable[[], float]] | None = None) -> None:
+    def __init__(
+        self,
+        gauges: Mapping[str, Callable[[], float]] | None = None,
+        runs: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
         self._gauges = dict(gauges or {})
+        self._runs = runs  # active runs by status, read at scrape time
         self._models: set[str] = set()
         self._hists: dict[tuple[str, str], Histogram] = {}
         self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -147,6 +152,13 @@ class Metrics:
             else:
                 family = GaugeMetricFamily(name, _HELP.get(name, name), value=float(read()))
             yield family
+        if self._runs is not None:
+            runs = GaugeMetricFamily("oxiserve_runs", "Assistants runs in memory, by status",
+                                     labels=["status"])  # fmt: skip
+            counts = self._runs()
+            for status in _ACTIVE_RUN_STATUSES:
+                runs.add_metric([status], float(counts.get(status, 0)))
+            yield runs
 
     def _histogram_families(self) -> Iterable[Any]:
         names = sorted({name for name, _ in self._hists} | set(_HISTOGRAMS))
@@ -186,6 +198,7 @@ class Metrics:
         yield durations
 
 
+_ACTIVE_RUN_STATUSES = ("queued", "in_progress", "requires_action", "cancelling")
 _HISTOGRAMS = (
     "vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
     "vllm:time_per_output_token_seconds", "vllm:e2e_request_latency_seconds",

@@ -88,7 +88,7 @@ class Server:
         store = await SqliteStore.open(self.config.db)
         try:
             jobs = JobSupervisor(self.config.job_retention, max_retained=self.config.retained_jobs)
-            metrics = Metrics(self._gauges(engine, jobs))
+            metrics = Metrics(self._gauges(engine, jobs), runs=lambda: runs.statuses())
             runs = Runs(RunContext(self.config, engine, store, metrics), jobs)
             await runs.recover()
             await responses.recover(store)

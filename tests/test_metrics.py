@@ -33,6 +33,7 @@ OURS = {
     "oxiserve_active_streams": "gauge",
     "oxiserve_open_connections": "gauge",
     "oxiserve_rate_limited": "counter",
+    "oxiserve_runs": "gauge",
 }
 CHAT = {"model": "oxiserve-sim", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
 
@@ -128,6 +129,29 @@ def test_a_histogram_counts_a_value_many_times_at_once() -> None:
     hist.observe(5.0)
     assert hist.buckets() == [("0.1", 1), ("1.0", 4), ("+Inf", 5)]
     assert hist.total == 0.05 + 1.5 + 5.0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks Assistants deprecated
+async def test_active_runs_are_counted_by_status() -> None:
+    async with (
+        running(sim_itl_ms=5) as server,
+        openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as sdk,
+        httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as http,
+    ):
+        assistant = await sdk.beta.assistants.create(model="oxiserve-sim")
+        thread = await sdk.beta.threads.create(messages=[{"role": "user", "content": "Hi"}])
+        run = await sdk.beta.threads.runs.create(
+            thread_id=thread.id, assistant_id=assistant.id, max_completion_tokens=5000
+        )
+        busy = await scrape(http)
+        await sdk.beta.threads.runs.cancel(run_id=run.id, thread_id=thread.id)
+        for _ in range(500):  # bounded: the cancelled run leaves memory within a few polls
+            done = await scrape(http)
+            if sum(s.value for s in done["oxiserve_runs"].samples) == 0:
+                break
+    statuses = {s.labels["status"]: s.value for s in busy["oxiserve_runs"].samples}
+    assert statuses["queued"] + statuses["in_progress"] == 1
+    assert sum(s.value for s in done["oxiserve_runs"].samples) == 0
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks Assistants deprecated

@@ -54,6 +54,13 @@ class Runs:
         self._threads: dict[str, str] = {}  # thread id -> its active run's id
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
+    def statuses(self) -> dict[str, int]:
+        """How many active runs are in each status (for the metrics)."""
+        counts: dict[str, int] = {}
+        for active in self._active.values():
+            counts[str(active.status)] = counts.get(str(active.status), 0) + 1
+        return counts
+
     def active_run(self, thread_id: str) -> str | None:
         """The id of the thread's active run (or of what holds the thread, see ``reserving``)."""
         return self._threads.get(thread_id)
