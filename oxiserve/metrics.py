@@ -121,6 +121,10 @@ class Metrics:
         self.count("vllm:generation_tokens", generated, model_name=model)
         self.count("vllm:request_success", 1, model_name=model, finished_reason=finish)
 
+    def lagged(self, missed: int) -> None:
+        """A stream reader was overrun by its ring (and caught up exactly): ``Topic.on_lag``."""
+        self.count("oxiserve_broadcast_lagged")
+
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, str(status))
         self._requests[key] = self._requests.get(key, 0) + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -34,6 +35,7 @@ OURS = {
     "oxiserve_open_connections": "gauge",
     "oxiserve_rate_limited": "counter",
     "oxiserve_runs": "gauge",
+    "oxiserve_broadcast_lagged": "counter",
 }
 CHAT = {"model": "oxiserve-sim", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
 
@@ -174,3 +176,21 @@ async def test_runs_and_responses_are_recorded_too() -> None:
     model = {"model_name": "oxiserve-sim"}
     assert sample(families, "vllm:generation_tokens", "_total", **model) == generated
     assert sample(families, "vllm:request_success", "_total", **model) == 2
+
+
+async def test_an_overrun_reader_is_counted() -> None:
+    async with (
+        running(stream_buffer=2) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as http,
+    ):
+        body = {"model": "oxiserve-sim", "input": "Hi", "background": True, "stream": True}
+        first = await http.post("/v1/responses", json=body)  # read whole: never overrun
+        created = json.loads(first.text.split("data: ", 2)[1].split("\n", 1)[0])
+        response_id = created["response"]["id"]
+        before = await scrape(http)
+        resumed = await http.get(f"/v1/responses/{response_id}",
+                                 params={"stream": "true", "starting_after": "0"})  # fmt: skip
+        assert resumed.status_code == 200  # frame 1 on is long gone from a 2-frame ring
+        after = await scrape(http)
+    assert sample(before, "oxiserve_broadcast_lagged", "_total") == 0
+    assert sample(after, "oxiserve_broadcast_lagged", "_total") == 1

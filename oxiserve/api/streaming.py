@@ -359,6 +359,8 @@ async def start_stream(
         stops=sampling.stop, include_usage=sampling.include_usage,
         capacity=config.stream_buffer, per_prompt=sampling.n,
     )  # fmt: skip
+    if state.metrics is not None:
+        stream.topic.on_lag = state.metrics.lagged
     job = state.jobs.start(_recorded(state, stream, requests[0].model), stream.topic,
                            terminal=stream.terminal)  # fmt: skip
     try:

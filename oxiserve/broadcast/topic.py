@@ -11,6 +11,7 @@ and loops over its own copy of the fan-out's sinks; the sequence number is a slo
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from oxiserve.broadcast.errors import ClosedTopic
@@ -52,6 +53,7 @@ class Topic:
         "_sinks",
         "_subscribers",
         "_waiters",
+        "on_lag",
     )
 
     def __init__(
@@ -76,6 +78,7 @@ class Topic:
         self._subscribers = 0
         self._lag_events = 0
         self._max_lag = 0
+        self.on_lag: Callable[[int], None] | None = None  # told of each lag event (metrics)
 
     @property
     def capacity(self) -> int:
@@ -184,6 +187,8 @@ class Topic:
     def _note_lag(self, missed: int) -> None:
         self._lag_events += 1
         self._max_lag = max(self._max_lag, missed)
+        if self.on_lag is not None:
+            self.on_lag(missed)
 
     def _unsubscribed(self) -> None:
         self._subscribers -= 1

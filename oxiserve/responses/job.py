@@ -85,6 +85,8 @@ class ResponseJob:
         self._input_items = input_items or []
         self._conversation_id = conversation_id
         self.topic = Topic(ctx.config.stream_buffer, None, self._catch_up)
+        if ctx.metrics is not None:
+            self.topic.on_lag = ctx.metrics.lagged
         self.writer = ResponseWriter(TopicChannel(self.topic))
         self.error: EngineError | None = None
         self._stream: TokenStream | None = None

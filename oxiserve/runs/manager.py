@@ -218,6 +218,8 @@ class Runs:
     # --- legs, expiry ---------------------------------------------------------------------------
 
     def _start_leg(self, active: ActiveRun) -> None:
+        if self._ctx.metrics is not None:
+            active.topic.on_lag = self._ctx.metrics.lagged
         leg = RunLeg(self._ctx, active, self._ended)
         terminal = objects.error_event("server_error", "The run was stopped.") + sse.EVENT_DONE
         # Retention 0: once a leg has ended, its frames leave memory; a re-attach to it is
