@@ -6,7 +6,7 @@ import asyncio
 from typing import Any, cast
 
 import orjson
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from oxiserve.api.chat import ChatChunkEncoder
@@ -22,6 +22,10 @@ texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
     pieces=st.lists(st.text(alphabet="abcE ND\n", max_size=6), max_size=30),
     stops=st.lists(st.text(alphabet="abcE ND", min_size=1, max_size=4), min_size=1, max_size=4),
 )
+# Found by this property: a short stop inside a longer one that began earlier.
+@example(pieces=["N", "a", "N"], stops=["a", "NaN"])
+@example(pieces=["N", "a"], stops=["a", "NaN"])  # ends while "NaN" could still come
+@example(pieces=["N", "a", "x"], stops=["a", "NaN"])
 def test_stop_matcher_emits_exactly_the_text_before_the_first_stop(
     pieces: list[str], stops: list[str]
 ) -> None:

@@ -23,12 +23,14 @@ class StopMatcher:
         if self.stopped:
             return ""
         buffer = self._held + text
-        cut = -1
-        for stop in self._stops:
-            at = buffer.find(stop)
-            if at != -1 and (cut == -1 or at < cut):
-                cut = at
+        cut = self._first_stop(buffer)
         if cut != -1:
+            # A longer stop may still begin before this one: wait for it to complete or not
+            # (with stops "a" and "NaN", "Na" may yet be the start of "NaN").
+            for start in range(max(0, len(buffer) - self._longest + 1), cut):
+                if self._may_start(buffer[start:]):
+                    self._held = buffer[start:]
+                    return buffer[:start]
             self.stopped = True
             self._held = ""
             return buffer[:cut]
@@ -37,9 +39,28 @@ class StopMatcher:
         return buffer[: len(buffer) - keep]
 
     def flush(self) -> str:
-        """At the end of generation: whatever was held back is plain text after all."""
+        """At the end of generation: what was held back, up to a stop it holds whole."""
         held, self._held = self._held, ""
-        return "" if self.stopped else held
+        if self.stopped:
+            return ""
+        cut = self._first_stop(held)
+        if cut == -1:
+            return held
+        self.stopped = True
+        return held[:cut]
+
+    def _first_stop(self, buffer: str) -> int:
+        """Where the first whole stop in ``buffer`` begins (-1: none)."""
+        cut = -1
+        for stop in self._stops:
+            at = buffer.find(stop)
+            if at != -1 and (cut == -1 or at < cut):
+                cut = at
+        return cut
+
+    def _may_start(self, tail: str) -> bool:
+        """Whether ``tail`` is a proper prefix of some stop (more text may complete it)."""
+        return any(len(stop) > len(tail) and stop.startswith(tail) for stop in self._stops)
 
     def _partial_suffix(self, buffer: str) -> int:
         """Length of the longest suffix of ``buffer`` that is a proper prefix of a stop."""
