@@ -334,19 +334,25 @@ async def test_reattach_mid_run_from_two_clients_gets_the_whole_run() -> None:
 # --- 4. Expiry ---------------------------------------------------------------------------------
 
 
+async def run_waiting_for_a_tool(
+    http: httpx.AsyncClient,
+) -> tuple[str, dict[str, Any], dict[str, Any], str]:
+    """A streamed run that forces the weather tool, left waiting for its output:
+    (thread id, the requires_action run, its one tool call, the run's path)."""
+    asst, thread = await assistant_and_thread(http, tools=[WEATHER])
+    t = thread["id"]
+    events = await stream(
+        http, f"/v1/threads/{t}/runs", {"assistant_id": asst["id"], "tool_choice": FORCE_WEATHER}
+    )
+    run = events[-2][1]
+    assert run["status"] == "requires_action"
+    (call,) = run["required_action"]["submit_tool_outputs"]["tool_calls"]
+    return t, run, call, f"/v1/threads/{t}/runs/{run['id']}"
+
+
 async def test_run_waiting_for_tool_outputs_expires() -> None:
     async with running(run_timeout=1.0) as server, client_for(server) as http:
-        asst, thread = await assistant_and_thread(http, tools=[WEATHER])
-        t = thread["id"]
-        events = await stream(
-            http,
-            f"/v1/threads/{t}/runs",
-            {"assistant_id": asst["id"], "tool_choice": FORCE_WEATHER},
-        )
-        run = events[-2][1]
-        assert run["status"] == "requires_action"
-        (call,) = run["required_action"]["submit_tool_outputs"]["tool_calls"]
-        path = f"/v1/threads/{t}/runs/{run['id']}"
+        _, _, call, path = await run_waiting_for_a_tool(http)
         expired = await poll(http, path, lambda r: r["status"] != "requires_action")
         assert expired["status"] == "expired"
         assert expired["required_action"] is None
@@ -524,17 +530,7 @@ async def test_client_disconnect_does_not_cancel_the_run() -> None:
 
 async def test_rejected_tool_outputs_leave_the_run_as_it_was() -> None:
     async with running() as server, client_for(server) as http:
-        asst, thread = await assistant_and_thread(http, tools=[WEATHER])
-        t = thread["id"]
-        events = await stream(
-            http,
-            f"/v1/threads/{t}/runs",
-            {"assistant_id": asst["id"], "tool_choice": FORCE_WEATHER},
-        )
-        run = events[-2][1]
-        assert run["status"] == "requires_action"
-        (call,) = run["required_action"]["submit_tool_outputs"]["tool_calls"]
-        path = f"/v1/threads/{t}/runs/{run['id']}"
+        t, run, call, path = await run_waiting_for_a_tool(http)
         run_before = await get(http, path)
         steps_before = await get(http, f"{path}/steps")
         messages_before = await get(http, f"/v1/threads/{t}/messages")
