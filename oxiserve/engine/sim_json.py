@@ -53,7 +53,7 @@ def checked_size(text: str) -> str:
     return text
 
 
-def _merge(*parts: Mapping[str, Any]) -> dict[str, Any]:
+def merge_schemas(*parts: Mapping[str, Any]) -> dict[str, Any]:
     """Each part applied on top of the ones before, uniting properties and required lists;
     one pass, however many parts (an allOf of 40,000 branches is linear work)."""
     merged: dict[str, Any] = {}
@@ -138,9 +138,9 @@ class _Sampler:
                 rest = {k: v for k, v in schema.items() if k != key}
                 if key == "allOf":
                     self.charge(len(branches))
-                    return self.value(_merge(rest, *map(self._inline, branches)), depth + 1)
+                    return self.value(merge_schemas(rest, *map(self._inline, branches)), depth + 1)
                 usable = [b for b in branches if b.get("type") != "null"] or branches
-                return self.value(_merge(rest, self._inline(usable[0])), depth + 1)
+                return self.value(merge_schemas(rest, self._inline(usable[0])), depth + 1)
         kind = self._type(schema)
         if kind == "object":
             return self._object(schema, depth)
@@ -162,7 +162,7 @@ class _Sampler:
             return schema
         siblings = {k: v for k, v in schema.items() if k not in ("$ref", "$defs", "definitions")}
         self.charge(1 + len(siblings.get("properties") or ()))
-        return _merge(target, siblings) if siblings else target
+        return merge_schemas(target, siblings) if siblings else target
 
     def _resolve(self, ref: object) -> Mapping[str, Any] | None:
         if not isinstance(ref, str) or not ref.startswith("#"):
