@@ -341,3 +341,22 @@ def test_a_chosen_file_that_does_not_compile_is_an_error_not_a_fallback(tmp_path
     path.write_text("{{ unclosed")
     with pytest.raises(TemplateError, match=r"broken\.jinja"):
         load_template(str(path), None)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("{{ messages }}", ("<tool_call>", "arguments")),  # no tools: the instructions' format
+        (QWEN25, ("<tool_call>\n", "arguments")),
+        ("{% if tools %}[AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]", ("[TOOL_CALLS] [", "arguments")),
+        (
+            "{% if tools %}<|start_header_id|>ipython: parameters {{ tools }}{% endif %}",
+            ("", "parameters"),
+        ),
+    ],
+)
+def test_the_call_format_is_the_templates_models_own(
+    source: str, expected: tuple[str, str]
+) -> None:
+    # What a forced tool call is started with, so the model continues its own format.
+    assert ChatTemplate(source).call_format == expected

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
-from oxiserve.engine.json_guide import JsonGuide, SchemaTooLarge
+from oxiserve.engine.json_guide import JsonGuide, SchemaTooLarge, nested
 from oxiserve.engine.sim_json import sample_json
 
 
@@ -278,6 +278,15 @@ def test_a_schema_of_unbounded_size_is_refused() -> None:
     wide = {"type": "object", "properties": {f"p{i}": {"type": "object"} for i in range(30_000)}}
     with pytest.raises(SchemaTooLarge):
         JsonGuide(wide)
+
+
+def test_a_nested_schema_keeps_its_references() -> None:
+    inner = {"$defs": {"n": {"type": "integer"}}, "type": "array", "items": {"$ref": "#/$defs/n"}}
+    x = nested(inner, "/anyOf/1/properties/x")
+    outer = {"anyOf": [{"type": "null"}, {"properties": {"x": x}, "required": ["x"]}]}
+    guide = JsonGuide(outer)
+    assert accepted(guide, '{"x": [1, 2]}')
+    assert not alive(guide, '{"x": ["')
 
 
 def test_the_schema_false_and_a_false_property() -> None:

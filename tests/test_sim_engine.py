@@ -1131,14 +1131,14 @@ def test_an_allof_of_many_branches_is_merged_in_one_pass(monkeypatch: pytest.Mon
     from oxiserve.engine import sim_json
 
     calls = 0
-    real = sim_json._merge
+    real = sim_json.merge_schemas
 
     def counting(*parts: Mapping[str, Any]) -> dict[str, Any]:
         nonlocal calls
         calls += 1
         return real(*parts)
 
-    monkeypatch.setattr(sim_json, "_merge", counting)
+    monkeypatch.setattr(sim_json, "merge_schemas", counting)
     branches = [
         {"properties": {f"p{i}": {"type": "integer"}}, "required": [f"p{i}"]} for i in range(2000)
     ]

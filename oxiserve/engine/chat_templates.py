@@ -222,6 +222,22 @@ class ChatTemplate:
     def supports_tools(self) -> bool:
         return _MENTIONS_TOOLS.search(self.source) is not None
 
+    @property
+    def call_format(self) -> tuple[str, str]:
+        """How this template's model writes a tool call: the text before the call's JSON
+        object and the key of its arguments.  Hermes/Qwen ``<tool_call>`` (also what the
+        instructions for templates without tools teach), Mistral ``[TOOL_CALLS] [``, or
+        Llama 3.1's bare ``{"name": ..., "parameters": ...}``."""
+        source = self.source
+        if not self.supports_tools:
+            return "<tool_call>", "arguments"  # as TOOL_INSTRUCTIONS show it
+        if "[TOOL_CALLS]" in source:
+            return "[TOOL_CALLS] [", "arguments"
+        llama = "<|start_header_id|>" in source and "parameters" in source
+        if "<tool_call>" not in source and ("<|python_tag|>" in source or llama):
+            return "", "parameters"
+        return "<tool_call>\n", "arguments"
+
     def render(
         self,
         messages: Sequence[ChatMessage],

@@ -67,6 +67,20 @@ def _number(value: object) -> float | None:
     return None
 
 
+def nested(schema: Any, pointer: str) -> Any:
+    """``schema`` to be placed at ``pointer`` (e.g. ``/properties/arguments``) inside another
+    schema: its local ``$ref``s rewritten to still point into it."""
+    if isinstance(schema, Mapping):
+        out = {k: nested(v, pointer) for k, v in schema.items()}
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#"):
+            out["$ref"] = "#" + pointer + ref[1:]
+        return out
+    if isinstance(schema, list):
+        return [nested(v, pointer) for v in schema]
+    return schema
+
+
 class _Node:
     """One schema, compiled: what a value of it may be.  Identity is the node's hash."""
 
@@ -167,9 +181,12 @@ class _Compiler:
         found: Any = self.root
         for part in ref[1:].split("/")[1:]:
             part = part.replace("~1", "/").replace("~0", "~")
-            if not isinstance(found, Mapping) or part not in found:
+            if isinstance(found, list) and part.isdigit() and int(part) < len(found):
+                found = found[int(part)]
+            elif isinstance(found, Mapping) and part in found:
+                found = found[part]
+            else:
                 return None
-            found = found[part]
         return found if isinstance(found, Mapping) else None
 
     def fill_value(self, node: _Node, schema: Mapping[str, Any], depth: int) -> None:

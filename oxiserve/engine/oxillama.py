@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,8 +35,11 @@ from oxiserve.engine.base import (
     ModelInfo,
     TokenLogprob,
     ToolCall,
+    ToolSpec,
     Usage,
 )
+from oxiserve.engine.guided import Outcome, Sampling, TokenTable, decode
+from oxiserve.engine.json_guide import JsonGuide, SchemaTooLarge, nested
 from oxiserve.errors import StartupError
 
 log = logging.getLogger("oxiserve.engine")
@@ -66,6 +70,14 @@ def _is_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException"
 
 
+@dataclass(frozen=True, slots=True)
+class Guidance:
+    """A generation held to a JSON schema (see ``engine/guided.py``)."""
+
+    guide: JsonGuide
+    opener: str = ""  # written after the prompt: the model has begun its tool call with it
+
+
 class _Worker:
     """One loaded engine and the thread that alone calls it."""
 
@@ -73,6 +85,7 @@ class _Worker:
         self._ox, self._config, self._model = ox, config, model
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"oxillama-{index}")
         self.engine = self._load()
+        self.table = TokenTable(self.engine)  # for guided decoding, filled as it goes
 
     def _load(self) -> Any:
         ox, config = self._ox, self._config
@@ -96,6 +109,7 @@ class _Worker:
         """After a panic the engine's state is unknown: load it again (on its thread)."""
         try:
             self.engine = self._load()
+            self.table = TokenTable(self.engine)
         except EngineStartError:
             log.exception("reloading the engine after a panic failed")
 
@@ -226,6 +240,40 @@ class OxillamaEngine:
         prompt: str = self._template.render(request.messages, tools)
         return prompt
 
+    def guidance(self, request: GenerationRequest) -> Guidance | None:
+        """The schema a forced tool call (``required`` or a named function) or a JSON
+        ``response_format`` holds the generation to; None: free text."""
+        try:
+            if request.tools and (request.forced_tool or request.tool_choice == "required"):
+                return self._call_guidance(request)
+            fmt = request.response_format
+            if fmt is not None and fmt.kind in ("json_object", "json_schema"):
+                return Guidance(JsonGuide(fmt.schema or {"type": "object"}))
+        except SchemaTooLarge as exc:
+            raise EngineError(f"The schema is too large to guide generation by: {exc}",
+                              status=400, code="invalid_value") from None  # fmt: skip
+        return None
+
+    def _call_guidance(self, request: GenerationRequest) -> Guidance:
+        tools = [
+            t for t in request.tools if t.name == request.forced_tool or not request.forced_tool
+        ]
+        if not tools:
+            raise EngineError(f"tool_choice names {request.forced_tool!r}, not one of the tools",
+                              status=400, code="invalid_tool_choice")  # fmt: skip
+        opener, key = self._template.call_format
+        many = len(tools) > 1
+
+        def call(i: int, tool: ToolSpec) -> dict[str, Any]:
+            where = f"/anyOf/{i}" if many else ""
+            arguments = nested(dict(tool.parameters) or {"type": "object"},
+                               f"{where}/properties/{key}")  # fmt: skip
+            return {"type": "object", "properties": {"name": {"const": tool.name}, key: arguments},
+                    "required": ["name", key], "additionalProperties": False}  # fmt: skip
+
+        options = [call(i, tool) for i, tool in enumerate(tools)]
+        return Guidance(JsonGuide({"anyOf": options} if many else options[0]), opener)
+
     def parse_tools(self, text: str, request: GenerationRequest) -> tuple[str, list[ToolCall]]:
         if not request.tools or request.tool_choice in (None, "none"):
             return text, []
@@ -338,6 +386,7 @@ class OxillamaStream:
     async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         engine = self._engine
         try:
+            guidance = engine.guidance(self._request)
             worker = await engine._acquire()
         except EngineError as exc:
             self._finish(exc)
@@ -350,9 +399,9 @@ class OxillamaStream:
             if self._closed:
                 self._finish(None)
                 return
-            prompt = engine.render(self._request)
+            prompt = engine.render(self._request) + (guidance.opener if guidance else "")
             outcome = await loop.run_in_executor(
-                worker.executor, self._generate, worker, prompt, loop
+                worker.executor, self._generate, worker, prompt, loop, guidance
             )
             self._finish(outcome)
         except BaseException as exc:
@@ -369,7 +418,13 @@ class OxillamaStream:
         finally:
             engine._release(worker)
 
-    def _generate(self, worker: _Worker, prompt: str, loop: asyncio.AbstractEventLoop) -> Any:
+    def _generate(
+        self,
+        worker: _Worker,
+        prompt: str,
+        loop: asyncio.AbstractEventLoop,
+        guidance: Guidance | None,
+    ) -> Any:
         """On the worker's thread: one generation, pieces handed to the loop in batches."""
         ox, engine, request = self._engine._ox, worker.engine, self._request
         engine.reset()
@@ -407,6 +462,8 @@ class OxillamaStream:
                 self._woken, last_wake = True, now
             loop.call_soon_threadsafe(self._wake)
 
+        if guidance is not None:
+            return self._decode(worker, prompt, guidance, max_tokens, on_piece, prompt_tokens)
         try:
             return engine.generate_detailed(prompt, config, None if holding else on_piece,
                                             cancel_token=token)  # fmt: skip
@@ -414,6 +471,26 @@ class OxillamaStream:
             if "cancelled" in str(exc):
                 return None
             raise
+
+    def _decode(
+        self,
+        worker: _Worker,
+        prompt: str,
+        guidance: Guidance,
+        max_tokens: int,
+        on_piece: Callable[[str], None],
+        prompt_tokens: int,
+    ) -> Outcome | None:
+        request, token = self._request, self._token
+        temperature = 1.0 if request.temperature is None else request.temperature
+        seed = _seed(request)
+        top_p = 1.0 if request.top_p is None else request.top_p
+        sampling = Sampling(temperature, top_p, seed)
+        outcome = decode(worker.engine, worker.table, prompt, guidance.guide, sampling,
+                         max_tokens=max_tokens, eog=frozenset(worker.engine.eog_token_ids()),
+                         cancelled=token.is_cancelled, emit=on_piece,
+                         prompt_tokens=prompt_tokens)  # fmt: skip
+        return None if outcome.finish_reason == "cancelled" else outcome
 
     def _finish(self, outcome: Any) -> None:
         """Back on the loop: the outcome (or the error) of the generation."""
@@ -443,14 +520,27 @@ class OxillamaStream:
 
 def _sampler(ox: ModuleType, request: GenerationRequest, engine: Any) -> Any:
     temperature = 1.0 if request.temperature is None else request.temperature
+    penalties = (request.frequency_penalty, request.presence_penalty, request.repetition_penalty)
+    if temperature == 0 and not any(p not in (None, 0.0, 1.0) for p in penalties):
+        return ox.SamplerConfig.greedy()
     kwargs: dict[str, Any] = {
         "temperature": temperature,
+        "top_k": 0 if temperature else 1,  # 0: no top-k cut (OpenAI has none); 1: greedy
         "top_p": 1.0 if request.top_p is None else request.top_p,
-        "repetition_penalty": 1.0,
+        "repetition_penalty": request.repetition_penalty or 1.0,
+        "frequency_penalty": request.frequency_penalty,
+        "presence_penalty": request.presence_penalty,
         "eog_token_ids": list(engine.eog_token_ids()),
     }
-    if request.seed is not None:
-        kwargs["seed"] = request.seed & 0xFFFF_FFFF_FFFF_FFFF
-    if temperature == 0:
-        return ox.SamplerConfig.greedy()
+    seed = _seed(request)
+    if seed is not None:
+        kwargs["seed"] = seed
     return ox.SamplerConfig(**kwargs)
+
+
+def _seed(request: GenerationRequest) -> int | None:
+    """The request's seed for this choice: the n choices of one seeded request differ, and
+    the same request with the same seed gives the same n choices again."""
+    if request.seed is None:
+        return None
+    return (request.seed + request.choice_index) & 0xFFFF_FFFF_FFFF_FFFF
