@@ -326,3 +326,28 @@ async def test_a_large_model_gets_no_second_copy_for_counting(
     finally:
         await small.close()
         await large.close()
+
+
+async def test_penalties_and_seeds_reach_the_sampler(models: dict[str, Path]) -> None:
+    async with running(**_config(models["random"])) as server, _sdk(server) as sdk:
+
+        async def answer(**extra: Any) -> list[str]:
+            reply = await sdk.chat.completions.create(
+                model="random",
+                messages=CHAT,
+                max_tokens=40,
+                **extra,  # type: ignore[arg-type]
+            )
+            return [c.message.content or "" for c in reply.choices]
+
+        greedy = await answer(temperature=0)
+        assert await answer(temperature=0) == greedy  # greedy is greedy
+        # the random model repeats itself within 40 tokens: a penalty makes it say otherwise
+        for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0},
+                        {"extra_body": {"repetition_penalty": 1.5}}):  # fmt: skip
+            assert await answer(temperature=0, **penalty) != greedy, penalty
+        seeded = await answer(temperature=1.0, seed=7, n=2)
+        assert seeded == await answer(temperature=1.0, seed=7, n=2)  # reproducible
+        assert seeded[0] != seeded[1]  # and the n choices differ
+        with pytest.raises(openai.BadRequestError):
+            await answer(extra_body={"repetition_penalty": 0})

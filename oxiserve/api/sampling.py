@@ -25,6 +25,9 @@ class SamplingParams:
     include_usage: bool
     logprobs: bool
     top_logprobs: int
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float | None = None  # vLLM's extension: 1.0 is none
 
 
 def read_sampling(body: dict[str, Any], limit: int, *, chat: bool = True) -> SamplingParams:
@@ -41,8 +44,9 @@ def read_sampling(body: dict[str, Any], limit: int, *, chat: bool = True) -> Sam
             param="stream_options",
         )
     include_usage = params.get_bool(options or {}, "include_usage")
-    params.get_number(body, "presence_penalty", minimum=-2.0, maximum=2.0)
-    params.get_number(body, "frequency_penalty", minimum=-2.0, maximum=2.0)
+    presence = params.get_number(body, "presence_penalty", minimum=-2.0, maximum=2.0)
+    frequency = params.get_number(body, "frequency_penalty", minimum=-2.0, maximum=2.0)
+    repetition = params.get_number(body, "repetition_penalty", minimum=0.01, maximum=10.0)
     params.get_str(body, "user", None)
     if chat:
         logprobs = params.get_bool(body, "logprobs")
@@ -66,6 +70,9 @@ def read_sampling(body: dict[str, Any], limit: int, *, chat: bool = True) -> Sam
         include_usage=include_usage,
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        presence_penalty=presence or 0.0,
+        frequency_penalty=frequency or 0.0,
+        repetition_penalty=repetition,
     )
 
 
@@ -135,6 +142,9 @@ async def generation_requests(
         stop=sampling.stop,
         logprobs=sampling.logprobs,
         top_logprobs=sampling.top_logprobs,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        repetition_penalty=sampling.repetition_penalty,
         choice_index=first_index,
         headers=headers,
         prompt_tokens=tokens,

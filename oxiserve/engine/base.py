@@ -99,6 +99,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    presence_penalty: float = 0.0  # OpenAI's: -2.0 to 2.0, 0 is none
+    frequency_penalty: float = 0.0
+    repetition_penalty: float | None = None  # vLLM's multiplicative one: None or 1.0 is none
     choice_index: int = 0
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str | None = None  # None, "none", "auto" or "required"
