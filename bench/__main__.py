@@ -315,6 +315,8 @@ async def _engine(args: argparse.Namespace) -> int:
     print(engine_overhead.render(results))
     goal = all(r.ratio >= 0.95 for r in results)
     print(f"\n{'PASS' if goal else 'FAIL'}  oxiserve delivers >= 95% of the engine's own rate")
+    steady = all((r.cpu_ratio or 0) >= 0.95 for r in results)
+    print(f"{'PASS' if steady else 'FAIL'}  >= 95% of the server's CPU a token is the engine's")
     print(f"result: {path}")
     return 0
 

@@ -50,16 +50,28 @@ class Overhead:
     workers: int
     engine_tokens_per_s: float  # the engine called directly, ``workers`` engines in parallel
     served_tokens_per_s: float  # streamed through oxiserve to ``workers`` clients
-    server_cpu_us_per_token: float | None
+    server_cpu_us_per_token: float | None  # all of the server's CPU (the engines' included)
+    engine_cpu_us_per_token: float | None = None  # the direct loop's CPU
 
     @property
     def ratio(self) -> float:
         return self.served_tokens_per_s / self.engine_tokens_per_s
 
+    @property
+    def cpu_ratio(self) -> float | None:
+        """The engine's own CPU per token over the server's: on a machine whose rates swing
+        with its neighbours, the steadier figure of the share a token's work that is the
+        engine's (on a core of its own, rate is the inverse of CPU per token)."""
+        if not self.engine_cpu_us_per_token or not self.server_cpu_us_per_token:
+            return None
+        return self.engine_cpu_us_per_token / self.server_cpu_us_per_token
 
-def direct_rate(model: str, workers: int, seconds: float, max_tokens: int = MAX_TOKENS) -> float:
+
+def direct_rate(
+    model: str, workers: int, seconds: float, max_tokens: int = MAX_TOKENS
+) -> tuple[float, float]:
     """Tokens/s of ``workers`` engines generating in parallel threads, as oxiserve calls them
-    (reset, then one detailed generation with a streaming callback)."""
+    (reset, then one detailed generation with a streaming callback), and CPU µs a token."""
     import oxillama_py as ox
 
     engines = []
@@ -74,22 +86,25 @@ def direct_rate(model: str, workers: int, seconds: float, max_tokens: int = MAX_
     def loop(i: int) -> None:
         engine = engines[i]
         config = ox.GenerationConfig(max_tokens=max_tokens, sampler=ox.SamplerConfig(
-            temperature=1.0, top_p=1.0, repetition_penalty=1.0, seed=i))  # fmt: skip
+            temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=i))  # fmt: skip
         while time.perf_counter() < deadline:
             engine.reset()
             outcome = engine.generate_detailed(prompt, config, lambda _piece: None)
             counts[i] += outcome.completion_tokens()
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(counts) / (time.perf_counter() - start)
+    tokens = sum(counts)
+    return tokens / (time.perf_counter() - start), (time.process_time() - cpu) / tokens * 1e6
 
 
-async def _direct_in_subprocess(model: str, workers: int, seconds: float, cpu: int | None) -> float:
+async def _direct_in_subprocess(
+    model: str, workers: int, seconds: float, cpu: int | None
+) -> tuple[float, float]:
     argv = [sys.executable, "-m", "bench.engine_overhead", "direct", "--model", model,
             "--workers", str(workers), "--seconds", str(seconds)]  # fmt: skip
     if cpu is not None:
@@ -98,7 +113,8 @@ async def _direct_in_subprocess(model: str, workers: int, seconds: float, cpu: i
     out, _ = await asyncio.wait_for(proc.communicate(), seconds + 60)
     if proc.returncode != 0:
         raise RuntimeError(f"the direct engine measurement failed ({proc.returncode})")
-    return float(json.loads(out)["tokens_per_s"])
+    found = json.loads(out)
+    return float(found["tokens_per_s"]), float(found["cpu_us_per_token"])
 
 
 async def served_rate(
@@ -134,24 +150,29 @@ async def measure(seconds: float = 3.0, pinning: Pinning | None = None) -> list[
         build_random(model)
         results = []
         for workers in (1, 2):
-            engine = await _direct_in_subprocess(model, workers, seconds, pinning.server_cpu)
+            engine, engine_cpu = await _direct_in_subprocess(
+                model, workers, seconds, pinning.server_cpu
+            )
             served, per_token = await served_rate(model, workers, seconds, pinning)
-            results.append(Overhead(workers, engine, served, per_token))
+            results.append(Overhead(workers, engine, served, per_token, engine_cpu))
     return results
 
 
 def render(results: list[Overhead]) -> str:
     rows = ["| engines, clients | engine alone, tokens/s | through oxiserve, tokens/s | share | "
-            "server CPU µs/token |", "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+            "engine CPU µs/token | server CPU µs/token | share of CPU |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in results:
         cpu = "—" if r.server_cpu_us_per_token is None else f"{r.server_cpu_us_per_token:.1f}"
-        rows.append(f"| {r.workers}, {r.workers} | {r.engine_tokens_per_s:,.0f} | "
-                    f"{r.served_tokens_per_s:,.0f} | {r.ratio:.1%} | {cpu} |")  # fmt: skip
+        own = "—" if r.engine_cpu_us_per_token is None else f"{r.engine_cpu_us_per_token:.1f}"
+        share = "—" if r.cpu_ratio is None else f"{r.cpu_ratio:.1%}"
+        rates = f"{r.engine_tokens_per_s:,.0f} | {r.served_tokens_per_s:,.0f} | {r.ratio:.1%}"
+        rows.append(f"| {r.workers}, {r.workers} | {rates} | {own} | {cpu} | {share} |")
     return "\n".join(rows)
 
 
 def to_json(results: list[Overhead]) -> list[dict[str, Any]]:
-    return [asdict(r) | {"ratio": r.ratio} for r in results]
+    return [asdict(r) | {"ratio": r.ratio, "cpu_ratio": r.cpu_ratio} for r in results]
 
 
 def _direct_main(argv: list[str]) -> int:
@@ -163,8 +184,8 @@ def _direct_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    rate = direct_rate(args.model, args.workers, args.seconds)
-    print(json.dumps({"tokens_per_s": rate}))
+    rate, cpu = direct_rate(args.model, args.workers, args.seconds)
+    print(json.dumps({"tokens_per_s": rate, "cpu_us_per_token": cpu}))
     return 0
 
 
