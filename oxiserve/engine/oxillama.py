@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -303,7 +302,8 @@ class OxillamaStream:
         self.logprobs: list[TokenLogprob] = []
         self._pieces: list[str] = []  # handed over by the worker thread, under _lock
         self._lock = threading.Lock()
-        self._woken = False
+        self._woken = False  # the loop has been told of pieces, or looks for them anyway
+        self._timer: asyncio.TimerHandle | None = None
         self._ready: list[str] = []  # taken by the loop, not yet handed out
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -371,10 +371,22 @@ class OxillamaStream:
             self._waiter = None
 
     def _wake(self) -> None:
+        """The engine's first piece since the loop last found none (or the end): hand it out,
+        then look for more every BATCH_SECONDS while they come, from the loop's own timer: a
+        fast model's pieces go over in batches without its thread waking the loop for them
+        (a cross-thread wake-up costs more than a small model's token)."""
+        self._poll()
+
+    def _poll(self) -> None:
+        self._timer = None
         with self._lock:
-            self._woken = False
-            self._ready += self._pieces
-            self._pieces = []
+            pieces, self._pieces = self._pieces, []
+            if not pieces:
+                self._woken = False  # the next piece wakes the loop at once
+        if pieces:
+            self._ready += pieces
+            if not self._done:
+                self._timer = asyncio.get_running_loop().call_later(BATCH_SECONDS, self._poll)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -445,21 +457,14 @@ class OxillamaStream:
         config = ox.GenerationConfig(max_tokens=max_tokens, sampler=sampler,
                                      stop=list(request.stop) or None)  # fmt: skip
         holding = bool(request.tools) and request.tool_choice not in (None, "none")
-        last_wake = -BATCH_SECONDS
 
         def on_piece(piece: str) -> None:
-            # Wake the loop for the first piece, then at most once per BATCH_SECONDS: a fast
-            # model's pieces go over in batches (a wake-up costs more than a small model's
-            # token), a slow one's one by one.  The end of the generation wakes it anyway.
-            nonlocal last_wake
+            # Wake the loop only when it is not looking for pieces already (see _wake).
             with self._lock:
                 self._pieces.append(piece)
                 if holding or self._woken:
                     return
-                now = time.monotonic()
-                if now - last_wake < BATCH_SECONDS:
-                    return
-                self._woken, last_wake = True, now
+                self._woken = True
             loop.call_soon_threadsafe(self._wake)
 
         if guidance is not None:
@@ -502,7 +507,9 @@ class OxillamaStream:
         else:
             self._take(outcome)
         self._done = True
-        self._wake()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._poll()
 
     def _take(self, outcome: Any) -> None:
         request = self._request
