@@ -351,3 +351,30 @@ async def test_penalties_and_seeds_reach_the_sampler(models: dict[str, Path]) ->
         assert seeded[0] != seeded[1]  # and the n choices differ
         with pytest.raises(openai.BadRequestError):
             await answer(extra_body={"repetition_penalty": 0})
+
+
+async def test_with_tools_offered_text_streams_and_a_call_never_shows_as_text(
+    models: dict[str, Path], caller: Path
+) -> None:
+    async def stream(model: Path) -> tuple[list[str], list[Any], str | None]:
+        async with running(**_config(model)) as server, _sdk(server) as sdk:
+            chunks = await sdk.chat.completions.create(
+                model=model.stem, messages=CHAT, tools=[WEATHER], stream=True,  # type: ignore[list-item, arg-type]
+            )  # fmt: skip
+            texts, calls, finish = [], [], None
+            async for chunk in chunks:
+                delta = chunk.choices[0].delta
+                texts += [delta.content] if delta.content else []
+                calls += delta.tool_calls or []
+                finish = chunk.choices[0].finish_reason or finish
+            return texts, calls, finish
+
+    texts, calls, finish = await stream(models["parrot"])
+    assert "".join(texts) == PARROT_TEXT
+    assert len(texts) > 3  # piece by piece, not held for the end because tools were offered
+    assert (calls, finish) == ([], "stop")
+    texts, calls, finish = await stream(caller)
+    assert texts == []  # the call's own text is not content
+    assert [c.function.name for c in calls if c.function.name] == ["get_weather"]
+    assert "".join(c.function.arguments or "" for c in calls) == '{"city":"Paris"}'
+    assert finish == "tool_calls"

@@ -11,7 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from oxiserve.engine.base import ToolCall, ToolSpec
-from oxiserve.engine.tool_parse import call_prefix_markers, parse_tool_calls
+from oxiserve.engine.tool_parse import (
+    CallWatch,
+    call_prefix_markers,
+    parse_tool_calls,
+    rest_to_send,
+)
 
 TOOLS = (ToolSpec("get_weather"), ToolSpec("now"))
 PARIS = ("get_weather", '{"city":"Paris"}')
@@ -240,3 +245,50 @@ def test_hermes_calls_round_trip(calls: list[tuple[str, dict[str, object]]]) -> 
     left, found = parse_tool_calls(text, TOOLS)
     assert left == ""
     assert [(c.name, json.loads(c.arguments)) for c in found] == calls
+
+
+def watched(pieces: list[str]) -> tuple[list[str], CallWatch]:
+    watch = CallWatch()
+    return [watch.feed(piece) for piece in pieces], watch
+
+
+@given(st.lists(st.one_of(st.text(max_size=8), MARKER_PIECES), max_size=40))
+def test_a_watched_stream_sends_a_prefix_and_then_the_rest_exactly(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    sent, watch = watched(pieces)
+    assert "".join(sent) == text[: watch.released]  # always a prefix of the output
+    tail, calls = rest_to_send(text, watch.released, TOOLS)
+    _, expected = parse_tool_calls(text, TOOLS)
+    assert [(c.name, c.arguments) for c in calls] == [(c.name, c.arguments) for c in expected]
+    if not calls:  # streamed or not, the same content
+        assert "".join(sent) + tail == text
+    for marker in ("<tool_call>", "<|python_tag|>", "[TOOL_CALLS]"):
+        assert marker not in "".join(sent)  # a call's text is never sent as content
+
+
+@pytest.mark.parametrize(
+    ("pieces", "sent"),
+    [
+        (["Hel", "lo", " there", "."], ["Hel", "lo", " there", "."]),  # prose: as it comes
+        (["  ", "Hi"], ["", "  Hi"]),  # leading space waits for the first word
+        (["Sure", ". <tool", "_call>{", '"name"'], ["Sure", ". ", "", ""]),
+        (["Sure <", "b>"], ["Sure ", "<b>"]),  # a tail like a marker waits, then goes
+        (['{"', "name"], ["", ""]),  # a whole-JSON call may be coming: all waits
+        (["{ not", " json"], ["{ not", " json"]),
+        (["[1] ", "first"], ["[1] ", "first"]),
+        (["[", "TOOL_CALLS]"], ["", ""]),
+        (["```py", "thon\nprint", "(1)"], ["", "```python\nprint", "(1)"]),  # code streams
+        (["```json\n", '{"name"'], ["", ""]),  # a fenced call waits
+    ],
+)
+def test_what_a_watched_stream_lets_through(pieces: list[str], sent: list[str]) -> None:
+    assert watched(pieces)[0] == sent
+
+
+def test_the_rest_of_a_stream_with_a_call_after_text() -> None:
+    text = 'Sure. <tool_call>{"name": "now", "arguments": {}}</tool_call>'
+    sent, watch = watched(list(text))
+    assert "".join(sent) == "Sure. "
+    tail, calls = rest_to_send(text, watch.released, TOOLS)
+    assert tail == ""
+    assert [c.name for c in calls] == ["now"]

@@ -39,6 +39,7 @@ from oxiserve.engine.base import (
 )
 from oxiserve.engine.guided import Outcome, Sampling, TokenTable, decode
 from oxiserve.engine.json_guide import JsonGuide, SchemaTooLarge, nested
+from oxiserve.engine.tool_parse import CallWatch, parse_tool_calls, rest_to_send
 from oxiserve.errors import StartupError
 
 log = logging.getLogger("oxiserve.engine")
@@ -75,6 +76,7 @@ class Guidance:
 
     guide: JsonGuide
     opener: str = ""  # written after the prompt: the model has begun its tool call with it
+    call: bool = False  # the instance is a tool call (sent whole at the end), not the answer
 
 
 class _Worker:
@@ -127,7 +129,7 @@ class OxillamaEngine:
             raise EngineStartError(f"model file not found: {config.model}")
         self.config = config
         self._ox = ox
-        from oxiserve.engine import chat_templates, tiny_gguf, tool_parse
+        from oxiserve.engine import chat_templates, tiny_gguf
 
         try:
             info = tiny_gguf.read_metadata(str(path))
@@ -135,7 +137,6 @@ class OxillamaEngine:
             raise EngineStartError(str(exc)) from None
         self._template = chat_templates.load_template(config.chat_template or None,
                                                       info.chat_template)  # fmt: skip
-        self._parse_tools = tool_parse.parse_tool_calls
         self._workers = [_Worker(ox, config, str(path), i) for i in range(config.engine_workers)]
         self._context = config.context_size or info.context_length or 2048
         self._counter = threading.Lock()
@@ -271,13 +272,12 @@ class OxillamaEngine:
                     "required": ["name", key], "additionalProperties": False}  # fmt: skip
 
         options = [call(i, tool) for i, tool in enumerate(tools)]
-        return Guidance(JsonGuide({"anyOf": options} if many else options[0]), opener)
+        return Guidance(JsonGuide({"anyOf": options} if many else options[0]), opener, call=True)
 
     def parse_tools(self, text: str, request: GenerationRequest) -> tuple[str, list[ToolCall]]:
         if not request.tools or request.tool_choice in (None, "none"):
             return text, []
-        rest, calls = self._parse_tools(text, request.tools)
-        return str(rest), list(calls)
+        return parse_tool_calls(text, request.tools)
 
 
 def _shorten(vector: list[float], dimensions: int | None) -> list[float]:
@@ -304,6 +304,8 @@ class OxillamaStream:
         self._lock = threading.Lock()
         self._woken = False  # the loop has been told of pieces, or looks for them anyway
         self._timer: asyncio.TimerHandle | None = None
+        self._watch: CallWatch | None = None  # when the model may call tools
+        self._held_call = False  # a forced call: held whole for the end
         self._ready: list[str] = []  # taken by the loop, not yet handed out
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -456,10 +458,18 @@ class OxillamaStream:
         sampler = _sampler(ox, request, engine)
         config = ox.GenerationConfig(max_tokens=max_tokens, sampler=sampler,
                                      stop=list(request.stop) or None)  # fmt: skip
-        holding = bool(request.tools) and request.tool_choice not in (None, "none")
+        # A forced call is sent whole at the end; with tools the model may call, text goes out
+        # as it comes unless it may be a call (CallWatch), which waits for the end.
+        holding = guidance is not None and guidance.call
+        tools = bool(request.tools) and request.tool_choice not in (None, "none")
+        watch = self._watch = CallWatch() if tools and guidance is None else None
 
         def on_piece(piece: str) -> None:
             # Wake the loop only when it is not looking for pieces already (see _wake).
+            if watch is not None:
+                piece = watch.feed(piece)
+                if not piece:
+                    return
             with self._lock:
                 self._pieces.append(piece)
                 if holding or self._woken:
@@ -467,11 +477,11 @@ class OxillamaStream:
                 self._woken = True
             loop.call_soon_threadsafe(self._wake)
 
+        self._held_call = holding
         if guidance is not None:
             return self._decode(worker, prompt, guidance, max_tokens, on_piece, prompt_tokens)
         try:
-            return engine.generate_detailed(prompt, config, None if holding else on_piece,
-                                            cancel_token=token)  # fmt: skip
+            return engine.generate_detailed(prompt, config, on_piece, cancel_token=token)
         except RuntimeError as exc:
             if "cancelled" in str(exc):
                 return None
@@ -515,14 +525,17 @@ class OxillamaStream:
         request = self._request
         self.usage = Usage(int(outcome.prompt_tokens), int(outcome.completion_tokens()))
         reason = _FINISH.get(str(outcome.finish_reason).lower(), "stop")
-        if bool(request.tools) and request.tool_choice not in (None, "none"):
+        calls: list[ToolCall] = []
+        if self._held_call:  # nothing of it went out: the text (if any) and the call, whole
             text, calls = self._engine.parse_tools(outcome.text, request)
-            self.tool_calls = calls
             with self._lock:
                 self._pieces = [text] if text else []
-            if calls:
-                reason = "tool_calls"
-        self.finish_reason = reason
+        elif self._watch is not None:  # what went out stays; the rest, without the calls
+            tail, calls = rest_to_send(outcome.text, self._watch.released, request.tools)
+            with self._lock:
+                self._pieces += [tail] if tail else []
+        self.tool_calls = calls
+        self.finish_reason = "tool_calls" if calls else reason
 
 
 def _sampler(ox: ModuleType, request: GenerationRequest, engine: Any) -> Any:

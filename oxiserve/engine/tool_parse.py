@@ -56,6 +56,84 @@ def call_prefix_markers() -> tuple[str, ...]:
     return _MARKERS
 
 
+_INLINE = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>")  # found after some text too
+
+
+class CallWatch:
+    """Which text of a streamed output may go out as it comes when it may hold tool calls.
+
+    Nothing while its start may still be a call (a prefix of, or starting with, one of
+    :func:`call_prefix_markers`: then all of it waits for :func:`parse_tool_calls` at the
+    end); once it is plainly text, all of it but from a marker that a call may follow text
+    with (or a tail that may be the start of one).  ``released`` counts the characters let
+    through: always a prefix of the output.
+
+    >>> watch = CallWatch()
+    >>> [watch.feed(p) for p in ["Sure", ". <tool", "_call>{"]]
+    ['Sure', '. ', '']
+    """
+
+    __slots__ = ("_held", "_phase", "released")
+
+    def __init__(self) -> None:
+        self._held = ""  # text not let through yet (short, but while the start is undecided)
+        self._phase = 0  # 0: the start is undecided, 1: text, 2: a call may be under way
+        self.released = 0
+
+    def feed(self, piece: str) -> str:
+        if self._phase == 2:
+            return ""
+        held = self._held + piece
+        if self._phase == 0:
+            call = _starts_a_call(held.lstrip())
+            if call is not False:
+                self._phase, self._held = (2, "") if call else (0, held)
+                return ""
+            self._phase = 1
+        found = [i for i in (held.find(m) for m in _INLINE) if i >= 0]
+        if found:
+            out, self._phase, self._held = held[: min(found)], 2, ""
+        else:
+            keep = max((k for m in _INLINE for k in range(1, len(m)) if held.endswith(m[:k])),
+                       default=0)  # fmt: skip
+            out, self._held = held[: len(held) - keep], held[len(held) - keep :]
+        self.released += len(out)
+        return out
+
+
+def _starts_a_call(start: str) -> bool | None:
+    """Whether an output starting so is a call by its start (None: cannot tell yet): a
+    format's marker, or a JSON object or list of objects, fenced or not."""
+    if start.startswith(_INLINE):
+        return True
+    if not start or any(m.startswith(start) for m in (*_INLINE, "```")):
+        return None
+    if start.startswith("```"):
+        _, newline, body = start.partition("\n")
+        return _starts_a_call(body.lstrip()) if newline else None
+    if start.startswith(("{", "[")):
+        inner = start[1:].lstrip()
+        if not inner:
+            return None
+        if start[0] == "{":
+            return inner.startswith('"')
+        return _starts_a_call(inner) if inner.startswith("{") else False
+    return False
+
+
+def rest_to_send(text: str, released: int, tools: Sequence[ToolSpec]) -> Found:
+    """At the end of a watched stream: the calls in the whole ``text``, and the part of its
+    remaining text not already let through (``released`` characters of it were)."""
+    rest, calls = parse_tool_calls(text, tools)
+    sent = text[:released]
+    if not calls:
+        return text[released:], calls
+    for prefix in (sent, sent.rstrip()):
+        if rest.startswith(prefix):
+            return rest[len(prefix) :], calls
+    return "", calls
+
+
 def parse_tool_calls(text: str, tools: Sequence[ToolSpec]) -> Found:
     """The text without its tool calls (stripped) and the calls, in order.
 
