@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from oxiserve.config import Config, env_name, field_type, parse_value
+from oxiserve.config_file import read_config_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Every option can also be set with the environment variable shown.",
         formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=36, width=100),
     )
+    parser.add_argument(
+        "--config", metavar="PATH", default=argparse.SUPPRESS,
+        help="a TOML file of settings (keys: the option names without dashes); the command "
+        "line and the environment override it [env OXISERVE_CONFIG]",
+    )  # fmt: skip
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} [env {env_name(f.name)}]"
@@ -29,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if field_type(f) is tuple:
             parser.add_argument(
-                flag, dest=f.name, action="append", default=argparse.SUPPRESS, help=help_text,
-                metavar=f.name.upper(),
+                flag, dest=f.name, action="extend", nargs="+", default=argparse.SUPPRESS,
+                help=help_text, metavar=f.name.upper(),
             )  # fmt: skip
             continue
         if field_type(f) is bool:
@@ -62,11 +69,17 @@ def _converter(f: dataclasses.Field[Any]) -> Any:
     return convert
 
 
-def config_from_args(argv: Sequence[str] | None = None) -> Config:
+def config_from_args(
+    argv: Sequence[str] | None = None, environ: dict[str, str] | None = None
+) -> Config:
+    """The command line over the environment over ``--config``'s file over the defaults."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
+    env = dict(os.environ) if environ is None else environ
+    path = args.pop("config", None) or env.get("OXISERVE_CONFIG")
     try:
-        return Config.from_env(**args)
+        defaults = read_config_file(path) if path else None
+        return Config.from_env(env, defaults=defaults, **args)
     except ValueError as exc:
         parser.error(str(exc))
 

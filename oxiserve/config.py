@@ -42,6 +42,12 @@ class Config:
     model_name: str = _opt(
         "oxiserve-sim", "model id served (oxillama: the model file's stem unless given)"
     )
+    served_model_name: tuple[str, ...] = _opt(
+        (), "model ids served, all listed in /v1/models (instead of --model-name)"
+    )
+    accept_any_model: bool = _opt(
+        False, "serve any model name a request asks for, as the first served model"
+    )
     log_level: LogLevel = _opt(
         "info", "logging level", choices=("debug", "info", "warning", "error")
     )
@@ -204,11 +210,25 @@ class Config:
         if problems:
             raise ValueError("; ".join(problems))
 
+    def served_names(self, default: str) -> tuple[str, ...]:
+        """The model ids served: ``--served-model-name``'s, else ``--model-name`` (``default``
+        when that is the simulator's default name: the oxillama engine's file stem)."""
+        if self.served_model_name:
+            return self.served_model_name
+        return (default if self.model_name == "oxiserve-sim" else self.model_name,)
+
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Config:
-        """Build a Config from ``OXISERVE_*`` variables, then explicit overrides."""
+    def from_env(
+        cls,
+        environ: dict[str, str] | None = None,
+        *,
+        defaults: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Config:
+        """Build a Config from ``defaults`` (a config file's), then ``OXISERVE_*`` variables,
+        then explicit overrides (the command line's)."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = dict(defaults or {})
         for f in dataclasses.fields(cls):
             raw = env.get(env_name(f.name))
             if raw is not None:

@@ -4,7 +4,7 @@ and the runs."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from oxiserve.api.keys import KeyRing
 from oxiserve.api.limits import Limits
@@ -30,7 +30,12 @@ class AppState:
     metrics: Metrics | None = None
 
     def model(self, model_id: str) -> ModelInfo:
-        for info in self.engine.models():
+        """The served model a request names; with ``--accept-any-model`` any name is the first
+        served model under the name asked for (harnesses send what they were set up with)."""
+        models = self.engine.models()
+        for info in models:
             if info.id == model_id:
                 return info
+        if self.config.accept_any_model and model_id and models:
+            return replace(models[0], id=model_id)
         raise ModelNotFound(model_id)

@@ -145,10 +145,10 @@ class OxillamaEngine:
         self._embedder = (
             _Worker(ox, config, config.embedding_model, -2) if config.embedding_model else None
         )
-        name = config.model_name
-        if name == "oxiserve-sim":  # the simulator's default: name the model by its file
-            name = path.stem
-        self._models = (ModelInfo(id=name, created=int(path.stat().st_mtime)),)
+        created = int(path.stat().st_mtime)  # named by its file unless given names
+        self._models = tuple(
+            ModelInfo(id=n, created=created) for n in config.served_names(path.stem)
+        )
         self._idle: asyncio.Queue[_Worker] | None = None
         self.waiting = 0  # generations waiting for an engine (for the metrics)
         self.running = 0

@@ -402,7 +402,8 @@ class SimEngine:
         self.config = config
         self.tokens_produced = 0
         self.active_generations = 0
-        self._models = (ModelInfo(id=config.model_name, created=MODEL_CREATED),)
+        self._models = tuple(ModelInfo(id=name, created=MODEL_CREATED)
+                             for name in config.served_names(config.model_name))  # fmt: skip
         self._embed_key = f"oxiserve-sim-embedding\0{config.sim_seed}\0".encode()
         self._counts = functools.lru_cache(maxsize=_MEMO_ENTRIES)(_count)
         self._driver: _Driver | None = None
