@@ -175,6 +175,9 @@ class Config:
         0, "simulated engine slots; more requests get 503 (0: no limit)"
     )
     sim_embedding_dim: int = _opt(384, "length of simulated embedding vectors")
+    sim_startup_delay: float = _opt(
+        0.0, "seconds /health/ready answers 503 after the start, as a loading server would"
+    )
 
     def __post_init__(self) -> None:
         problems = []

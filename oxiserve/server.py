@@ -17,6 +17,7 @@ import logging
 import signal
 import ssl
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -104,7 +105,8 @@ class Server:
         limits = Limits(config.rate_limit_rps, config.rate_limit_burst, config.rate_limit_tpm,
                         config.max_concurrent_streams)  # fmt: skip
         self.state = AppState(config, engine, jobs, store=store, runs=runs, keys=keys,
-                              limits=limits, metrics=metrics)  # fmt: skip
+                              limits=limits, metrics=metrics,
+                              ready_at=time.monotonic() + config.sim_startup_delay)  # fmt: skip
         ctx = self._ctx = ServerContext(
             self.config, build_router(self.state), loop,
             render_error=render_error, error_response=error_response,
@@ -143,6 +145,8 @@ class Server:
             return
         self._server = None
         ctx.closing = True
+        if self.state is not None:
+            self.state.stopping = True
         server.close()
         for conn in list(ctx.connections):
             conn.shutdown()

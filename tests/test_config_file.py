@@ -108,3 +108,29 @@ async def test_accept_any_model_serves_whatever_name_is_asked() -> None:
         assert [m["id"] for m in listed] == ["oxiserve-sim"]  # the list stays what is served
         embedded = await http.post("/v1/embeddings", json={"model": "other", "input": "x"})
         assert embedded.status_code == 200
+
+
+async def test_readiness_waits_for_the_startup_delay_and_ends_with_the_shutdown() -> None:
+    import time
+
+    from oxiserve.api.models import ready
+
+    async with (
+        running(sim_startup_delay=30) as server,
+        httpx.AsyncClient(base_url=server.url) as http,
+    ):
+        starting = await http.get("/health/ready")
+        assert starting.status_code == 503
+        assert starting.json() == {"status": "starting"}
+        assert 29 <= int(starting.headers["retry-after"]) <= 30
+        assert (await http.get("/health")).status_code == 200  # liveness answers at once
+        chat = {"model": "oxiserve-sim", "messages": [{"role": "user", "content": "Hi"}]}
+        assert (await http.post("/v1/chat/completions", json=chat)).status_code == 200
+        assert server.state is not None
+        server.state.ready_at = time.monotonic()  # as if the 30 s had passed
+        answer = await http.get("/health/ready")
+        assert (answer.status_code, answer.json()) == (200, {"status": "ready"})
+        state = server.state
+    assert state.stopping  # the server stopped: not ready for anything new
+    stopped = ready(state, None)  # type: ignore[arg-type]
+    assert stopped.status == 503

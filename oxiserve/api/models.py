@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 from oxiserve.api.routes import Route
@@ -11,6 +13,7 @@ from oxiserve.http.messages import Request, Response, json_response
 from oxiserve.metrics import CONTENT_TYPE
 
 _HEALTH = Response(b'{"status":"ok"}')
+_READY = Response(b'{"status":"ready"}')
 
 
 def model_object(info: ModelInfo) -> dict[str, Any]:
@@ -19,6 +22,18 @@ def model_object(info: ModelInfo) -> dict[str, Any]:
 
 def health(state: AppState, request: Request) -> Response:
     return _HEALTH
+
+
+def ready(state: AppState, request: Request) -> Response:
+    """Readiness: 503 while starting (``--sim-startup-delay``) and while shutting down, so a
+    load balancer sends nothing new; liveness (``/health``) answers 200 all along."""
+    if state.stopping:
+        return json_response({"status": "stopping"}, status=503)
+    wait = state.ready_at - time.monotonic()
+    if wait > 0:
+        retry = (("retry-after", str(math.ceil(wait))),)
+        return json_response({"status": "starting"}, status=503, headers=retry)
+    return _READY
 
 
 def list_models(state: AppState, request: Request) -> Response:
@@ -42,6 +57,7 @@ def metrics(state: AppState, request: Request) -> Response:
 
 ROUTES = [
     Route("GET", "/health", health),
+    Route("GET", "/health/ready", ready),
     Route("GET", "/metrics", metrics),
     Route("GET", "/v1/models", list_models),
     Route("GET", "/v1/models/{model}", get_model),

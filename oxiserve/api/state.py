@@ -28,6 +28,8 @@ class AppState:
     keys: KeyRing | None = None  # None or not enabled: /v1 is open
     limits: Limits | None = None  # None or not enabled: no rate limits
     metrics: Metrics | None = None
+    ready_at: float = field(default_factory=time.monotonic)  # /health/ready: 503 before it
+    stopping: bool = False  # shutting down: /health/ready is 503 again
 
     def model(self, model_id: str) -> ModelInfo:
         """The served model a request names; with ``--accept-any-model`` any name is the first
