@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 EngineName = Literal["sim", "oxillama"]
 SimMode = Literal["echo", "lorem", "fixed"]
+SimLatencyDist = Literal["uniform", "normal", "lognormal"]
 SimFailureKind = Literal["before_first_token", "mid_stream", "429", "503"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
@@ -171,8 +172,34 @@ class Config:
         choices=("before_first_token", "mid_stream", "429", "503"),
     )
     sim_seed: int = _opt(0, "seed of the simulator (same seed + same request = same output)")
-    sim_max_concurrency: int = _opt(
-        0, "simulated engine slots; more requests get 503 (0: no limit)"
+    sim_max_running: int = _opt(
+        0, "sequences the simulator generates at once; more wait in a queue (0: no limit)"
+    )
+    sim_max_waiting: int = _opt(
+        1000, "requests waiting for a running slot at most; more are refused (queue full)"
+    )
+    sim_queue_full_status: int = _opt(
+        429, "status of a request refused because the queue is full, with Retry-After: 429 or 503"
+    )
+    sim_prefill_ms_per_token: float = _opt(
+        0.0, "time to first token grows by this per prompt token (ms), as prefill does"
+    )
+    sim_prefill_overhead_ms: float = _opt(0.0, "fixed prefill time added to the first token (ms)")
+    sim_time_factor_under_load: float = _opt(
+        1.0,
+        "first-token and inter-token times stretch linearly with running sequences, "
+        "up to this factor at --sim-max-running",
+    )
+    sim_max_model_len: int = _opt(
+        0,
+        "context window: prompt + max_tokens beyond it is 400 context_length_exceeded "
+        "(0: no limit)",
+    )
+    sim_latency_dist: SimLatencyDist = _opt(
+        "uniform",
+        "how jitter spreads latencies: uniform adds 0..jitter, normal and lognormal "
+        "have the jitter as standard deviation (never below 0)",
+        choices=("uniform", "normal", "lognormal"),
     )
     sim_embedding_dim: int = _opt(384, "length of simulated embedding vectors")
     sim_startup_delay: float = _opt(
@@ -196,6 +223,10 @@ class Config:
             problems.append("root_path must start with / and not end with one (e.g. /llm)")
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             problems.append("ssl_certfile and ssl_keyfile go together")
+        if self.sim_queue_full_status not in (429, 503):
+            problems.append("sim_queue_full_status must be 429 or 503")
+        if self.sim_time_factor_under_load < 1.0:
+            problems.append("sim_time_factor_under_load must be at least 1")
         if self.engine_workers < 1:
             problems.append("engine_workers must be at least 1")
         if self.max_queue < 0:

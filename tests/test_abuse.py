@@ -138,7 +138,9 @@ async def test_without_pings_the_head_waits_for_the_first_token() -> None:
 
 
 async def test_client_closing_during_a_non_stream_request_stops_generation() -> None:
-    async with running(sim_itl_ms=10, sim_max_concurrency=1) as server:
+    async with running(
+        sim_itl_ms=10, sim_max_running=1, sim_max_waiting=0, sim_queue_full_status=503
+    ) as server:
         client = await RawClient.connect(server)
         data = orjson.dumps({"model": MODEL, "messages": USER, "max_tokens": 1000})
         await client.send(

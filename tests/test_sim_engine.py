@@ -563,7 +563,7 @@ async def test_text_costs_one_loop_iteration_per_token() -> None:
 
 
 async def test_cancelling_text_stops_the_generation_and_counts_what_was_made() -> None:
-    sim = engine(sim_max_concurrency=1)
+    sim = engine(sim_max_running=1, sim_max_waiting=0, sim_queue_full_status=503)
     stream = sim.generate(request(max_tokens=1_000_000))
     task = asyncio.create_task(stream.text())
     await wait_until(lambda: sim.tokens_produced > 0)
@@ -747,7 +747,7 @@ def test_paced_text_keeps_the_schedule() -> None:
 
 
 async def test_concurrency_limit_and_slot_release() -> None:
-    sim = engine(sim_max_concurrency=2)
+    sim = engine(sim_max_running=2, sim_max_waiting=0, sim_queue_full_status=503)
     first, second = sim.generate(request(max_tokens=3)), sim.generate(request(max_tokens=3))
     await anext(first)
     await anext(second)
@@ -767,7 +767,7 @@ async def test_concurrency_limit_and_slot_release() -> None:
 
 @pytest.mark.parametrize("itl_ms", [0, 60_000])
 async def test_cancelled_consumer_releases_its_slot(itl_ms: float) -> None:
-    sim = engine(sim_max_concurrency=1, sim_itl_ms=itl_ms)
+    sim = engine(sim_max_running=1, sim_max_waiting=0, sim_queue_full_status=503, sim_itl_ms=itl_ms)
     stream = sim.generate(request(max_tokens=1_000_000))
     first = asyncio.Event()
 
@@ -786,7 +786,7 @@ async def test_cancelled_consumer_releases_its_slot(itl_ms: float) -> None:
 
 
 async def test_abandoned_stream_releases_its_slot() -> None:
-    sim = engine(sim_max_concurrency=1)
+    sim = engine(sim_max_running=1, sim_max_waiting=0, sim_queue_full_status=503)
     stream = sim.generate(request(max_tokens=100))
     await anext(stream)
     assert sim.active_generations == 1

@@ -72,10 +72,12 @@ class ChoiceResult:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    queue_time: float = 0.0  # seconds it waited for the engine (an engine may tell)
 
     def take_outcome(self, stream: TokenStream) -> None:
         """Usage, tool calls and finish reason of a stream that has ended."""
         self.usage = stream.usage
+        self.queue_time = float(getattr(stream, "queue_time", 0.0))
         self.tool_calls = list(stream.tool_calls)
         self.finish_reason = stream.finish_reason or "stop"
 
@@ -341,7 +343,8 @@ def record(
     for result in results:
         metrics.generation(model, prompt=result.usage.prompt_tokens,
                            generated=result.usage.completion_tokens, ttft=first - started,
-                           e2e=now - started, finish=result.finish_reason)  # fmt: skip
+                           e2e=now - started, finish=result.finish_reason,
+                           queue=result.queue_time)  # fmt: skip
 
 
 async def start_stream(

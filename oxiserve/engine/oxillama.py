@@ -300,6 +300,7 @@ class OxillamaStream:
         self.finish_reason: FinishReason | None = None
         self.tool_calls: list[ToolCall] = []
         self.logprobs: list[TokenLogprob] = []
+        self.queue_time = 0.0  # seconds it waited for an engine
         self._pieces: list[str] = []  # handed over by the worker thread, under _lock
         self._lock = threading.Lock()
         self._woken = False  # the loop has been told of pieces, or looks for them anyway
@@ -401,7 +402,9 @@ class OxillamaStream:
         engine = self._engine
         try:
             guidance = engine.guidance(self._request)
+            asked = loop.time()
             worker = await engine._acquire()
+            self.queue_time = loop.time() - asked
         except EngineError as exc:
             self._finish(exc)
             return

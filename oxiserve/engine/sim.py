@@ -19,6 +19,8 @@ iteration, as a batching engine steps its batch, with no task switch per token.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import functools
 import hashlib
 import math
@@ -43,7 +45,7 @@ from oxiserve.engine.base import (
     ToolSpec,
     Usage,
 )
-from oxiserve.engine.sim_plan import Plan, header_failure, make_plan
+from oxiserve.engine.sim_plan import Plan, header_failure, make_plan, spread
 
 CHUNK = 256  # tokens made at a time
 MODEL_CREATED = 1_735_689_600  # 2025-01-01T00:00:00Z: fixed, so /v1/models is reproducible
@@ -56,6 +58,17 @@ class _State(Enum):
 
 
 _RUNNING = _State.RUNNING  # one global lookup on the per-token path
+
+
+def _granted(waiter: asyncio.Future[Any]) -> bool:
+    """Whether a queued stream's future was completed by ``release`` (a slot), not by
+    ``_stop`` (closed while it waited)."""
+    return (
+        waiter.done()
+        and not waiter.cancelled()
+        and waiter.exception() is None
+        and (waiter.result() is True)
+    )
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -89,6 +102,7 @@ class SimStream:
         "_waiter",
         "finish_reason",
         "logprobs",
+        "queue_time",
         "tool_calls",
         "usage",
     )
@@ -119,6 +133,7 @@ class SimStream:
         self.finish_reason: FinishReason | None = None
         self.tool_calls: list[ToolCall] = []
         self.logprobs: list[TokenLogprob] = []
+        self.queue_time = 0.0  # seconds it waited for a running slot
 
     def __aiter__(self) -> SimStream:
         return self
@@ -193,7 +208,7 @@ class SimStream:
     def __del__(self) -> None:
         if self._slot:
             self._slot = False
-            self._engine.active_generations -= 1
+            self._engine.release()
 
     def _advance(self) -> Generator[Any, Any, None]:
         """The slow path of ``__anext__``: start, fail, finish or make the next chunk."""
@@ -228,21 +243,36 @@ class SimStream:
         if plan.fail_at == 0 and plan.failure is not None:
             self._stop(None)
             raise plan.failure.error()
-        limit = engine.config.sim_max_concurrency
-        if limit and engine.active_generations >= limit:
+        try:
+            waiter = engine.acquire()
+        except EngineError:
             self._stop(None)
-            raise EngineError(
-                f"all {limit} simulated engine slots are busy",
-                status=503,
-                code="engine_overloaded",
-                retry_after=1.0,
-            )
-        engine.active_generations += 1
+            raise
+        self._loop = loop = asyncio.get_running_loop()
+        if waiter is not None:
+            queued = loop.time()
+            self._waiter = waiter
+            try:
+                yield from waiter
+            except BaseException:
+                if _granted(waiter):
+                    engine.release()  # the slot came as this was cancelled: pass it on
+                waiter.cancel()
+                self._stop("cancelled")
+                raise
+            finally:
+                self._waiter = None
+            if not _granted(waiter):  # closed while it waited (_stop woke it)
+                raise StopAsyncIteration
+            if self._state is _State.DONE:  # closed once the slot was on its way
+                engine.release()
+                raise StopAsyncIteration
+            self.queue_time = loop.time() - queued
         self._slot = True
         self._state = _RUNNING
-        self._loop = asyncio.get_running_loop()
-        self._due = self._loop.time() + plan.ttft
-        self._paced = plan.ttft > 0 or self._itl_paced
+        ttft = plan.ttft * engine.load_factor()
+        self._due = loop.time() + ttft
+        self._paced = ttft > 0 or self._itl_paced
         if plan.count == 0:  # a tool call, or nothing to say: still the first-token wait
             yield from self._pace()
             if self._state is not _RUNNING:
@@ -275,11 +305,12 @@ class SimStream:
         loop = self._loop
         assert loop is not None
         delay = self._due - loop.time()
-        config = self._engine.config
+        engine = self._engine
+        config = engine.config
         gap = config.sim_itl_ms
         if self._gap_rng is not None:
-            gap += self._gap_rng.random() * config.sim_itl_jitter_ms
-        self._due += gap / 1000.0
+            gap = spread(gap, config.sim_itl_jitter_ms, config.sim_latency_dist, self._gap_rng)
+        self._due += gap * engine.load_factor() / 1000.0
         self._paced = self._itl_paced
         try:
             if delay <= 0:
@@ -306,7 +337,7 @@ class SimStream:
         self._pos = self._end = 0
         if self._slot:
             self._slot = False
-            self._engine.active_generations -= 1
+            self._engine.release()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             if error is None:
@@ -393,7 +424,8 @@ class SimEngine:
     """The simulator: implements :class:`~oxiserve.engine.base.Engine` from ``sim_*`` settings.
 
     ``tokens_produced`` counts every token handed out; ``active_generations`` the
-    generations holding one of the ``sim_max_concurrency`` slots.
+    generations running (at most ``--sim-max-running``, when set); ``waiting`` the ones
+    queued for a running slot, first come first served, as a loaded server queues them.
     """
 
     name = "sim"
@@ -402,11 +434,56 @@ class SimEngine:
         self.config = config
         self.tokens_produced = 0
         self.active_generations = 0
+        self._queue: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._models = tuple(ModelInfo(id=name, created=MODEL_CREATED)
                              for name in config.served_names(config.model_name))  # fmt: skip
         self._embed_key = f"oxiserve-sim-embedding\0{config.sim_seed}\0".encode()
         self._counts = functools.lru_cache(maxsize=_MEMO_ENTRIES)(_count)
         self._driver: _Driver | None = None
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for waiter in self._queue if not waiter.done())
+
+    def load_factor(self) -> float:
+        """How much latencies stretch now: linearly from 1 with one sequence running to
+        ``--sim-time-factor-under-load`` with ``--sim-max-running`` of them."""
+        config = self.config
+        top, limit = config.sim_time_factor_under_load, config.sim_max_running
+        if top == 1.0 or limit <= 1:
+            return 1.0
+        running = min(max(self.active_generations, 1), limit)
+        return 1.0 + (top - 1.0) * (running - 1) / (limit - 1)
+
+    def acquire(self) -> asyncio.Future[Any] | None:
+        """A running slot: None if taken at once, else the future that gets one when a
+        running generation ends.  EngineError when the queue is full."""
+        config = self.config
+        limit = config.sim_max_running
+        if not limit or self.active_generations < limit:
+            self.active_generations += 1
+            return None
+        if self.waiting >= config.sim_max_waiting:
+            status = config.sim_queue_full_status
+            raise EngineError(
+                f"{self.active_generations} sequences run and {self.waiting} requests wait: "
+                f"the queue is full", status=status, retry_after=1.0,
+                code="rate_limit_exceeded" if status == 429 else "engine_overloaded",
+            )  # fmt: skip
+        waiter = asyncio.get_running_loop().create_future()
+        self._queue.append(waiter)
+        return waiter
+
+    def release(self) -> None:
+        """A running generation ended: its slot goes to the first request still waiting."""
+        queue = self._queue
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                with contextlib.suppress(RuntimeError):  # its loop is gone (garbage collected)
+                    waiter.set_result(True)
+                    return  # the slot changes hands: as many run as before
+        self.active_generations -= 1
 
     def driver(self, loop: asyncio.AbstractEventLoop) -> _Driver:
         """The driver stepping this engine's piped generations on ``loop`` (one per loop: an

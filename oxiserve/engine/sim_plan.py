@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from random import Random
@@ -121,6 +122,43 @@ def header_failure(headers: Mapping[str, str], count: int) -> tuple[Failure, int
     retry_after = 1.0 if status in (429, 503) else None
     code = _STATUS_CODES.get(status, "engine_error")
     return Failure(f"simulated error {status} (x-sim-error)", status, code, retry_after), at
+
+
+def spread(mean: float, jitter: float, dist: str, rng: Random | float) -> float:
+    """A latency around ``mean`` (ms): uniform adds 0..``jitter`` (``rng`` may be a number in
+    [0, 1) for it); normal and lognormal have ``jitter`` as standard deviation, never below 0
+    (lognormal: with mean ``mean``)."""
+    if jitter <= 0:
+        return mean
+    if dist == "uniform":
+        return mean + (rng if isinstance(rng, float) else rng.random()) * jitter
+    assert isinstance(rng, Random)
+    if dist == "normal":
+        return max(0.0, rng.gauss(mean, jitter))
+    if mean <= 0:
+        return 0.0
+    sigma2 = math.log1p((jitter / mean) ** 2)
+    return rng.lognormvariate(math.log(mean) - sigma2 / 2, math.sqrt(sigma2))
+
+
+def _context_failure(config: Config, request: GenerationRequest) -> Failure | None:
+    """400 ``context_length_exceeded`` when the prompt and the tokens asked for do not fit
+    ``--sim-max-model-len`` (OpenAI's message)."""
+    limit = config.sim_max_model_len
+    if not limit:
+        return None
+    prompt = request.prompt_tokens
+    if prompt is None:
+        prompt = sim_text.count_tokens(request.prompt)
+    completion = request.max_tokens or 1
+    if prompt + completion <= limit:
+        return None
+    return Failure(
+        f"This model's maximum context length is {limit} tokens. However, you requested "
+        f"{prompt + completion} tokens ({prompt} in the messages, {completion} in the "
+        f"completion). Please reduce the length of the messages or completion.",
+        400, "context_length_exceeded",
+    )  # fmt: skip
 
 
 def _header_int(name: str, text: str) -> int:
@@ -249,6 +287,9 @@ def make_plan(config: Config, request: GenerationRequest) -> Plan:
         failure, fail_at = Failure(str(exc), 400, "invalid_response_format"), 0
     reason: FinishReason = "tool_calls" if tool else "stop" if complete else "length"
     if failure is None:
+        failure = _context_failure(config, request)
+        fail_at = 0 if failure is not None else fail_at
+    if failure is None:
         try:
             forced = header_failure(request.headers, count) if request.headers else None
         except ValueError as exc:
@@ -259,5 +300,13 @@ def make_plan(config: Config, request: GenerationRequest) -> Plan:
             failure = _KIND_FAILURES[config.sim_failure_kind]
             fail_at = max(1, count // 2) if config.sim_failure_kind == "mid_stream" else 0
             fail_at = min(fail_at, count)
-    ttft = (config.sim_ttft_ms + ttft_roll * config.sim_ttft_jitter_ms) / 1000.0
+    dist = config.sim_latency_dist
+    draw = ttft_roll if dist == "uniform" else Random(seed + 3)
+    ttft = spread(config.sim_ttft_ms, config.sim_ttft_jitter_ms, dist, draw)
+    if config.sim_prefill_ms_per_token or config.sim_prefill_overhead_ms:
+        prompt = request.prompt_tokens
+        if prompt is None:
+            prompt = sim_text.count_tokens(request.prompt)
+        ttft += config.sim_prefill_overhead_ms + prompt * config.sim_prefill_ms_per_token
+    ttft /= 1000.0
     return Plan(rng, KeyedBytes(key), seed, count, reason, pieces, tool, fail_at, failure, ttft)

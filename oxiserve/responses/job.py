@@ -155,6 +155,7 @@ class ResponseJob:
                 response["model"], prompt=usage.prompt_tokens, generated=usage.completion_tokens,
                 ttft=(first or now) - started, e2e=now - started,
                 finish=stream.finish_reason or "abort",
+                queue=float(getattr(stream, "queue_time", 0.0)),
             )  # fmt: skip
         response["usage"] = objects.usage_object(
             Usage(usage.prompt_tokens, usage.completion_tokens)

@@ -154,6 +154,7 @@ class RunLeg:
                 run["model"], prompt=stream.usage.prompt_tokens,
                 generated=stream.usage.completion_tokens, ttft=first - started, e2e=now - started,
                 finish=stream.finish_reason or "abort",
+                queue=float(getattr(stream, "queue_time", 0.0)),
             )  # fmt: skip
         active.usage = Usage(
             active.usage.prompt_tokens + stream.usage.prompt_tokens,
