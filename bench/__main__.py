@@ -127,7 +127,7 @@ def _run_parser(sub: Any) -> None:
     )
     for flag in ("--sim-ttft-ms", "--sim-itl-ms", "--sim-failure-rate"):
         p.add_argument(flag, type=float, help="passed to a locally started oxiserve")
-    p.add_argument("--sim-failure-kind", help="passed to a locally started oxiserve")
+    p.add_argument("--sim-failure-types", help="passed to a locally started oxiserve")
     p.add_argument("--burst", action="store_true", help="start a peer in --burst mode")
     p.add_argument(
         "--server-loop",
@@ -166,6 +166,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("engine", help="oxillama's own tokens/s against tokens/s through oxiserve")
     p.add_argument("--seconds", type=_positive_float, default=3.0)
     _common(p)
+    p = sub.add_parser("sim-cost", help="server CPU per simulated token at ITL 20 ms, 1 and 256 "
+                       "streams")  # fmt: skip
+    p.add_argument("--seconds", type=_positive_float, default=6.0)
+    _common(p)
     return root
 
 
@@ -191,7 +195,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
             sim_ttft_ms=args.sim_ttft_ms,
             sim_itl_ms=args.sim_itl_ms,
             sim_failure_rate=args.sim_failure_rate,
-            sim_failure_kind=args.sim_failure_kind,
+            sim_failure_types=args.sim_failure_types,
         )
         extra = sim + extra
     elif args.burst:
@@ -321,11 +325,28 @@ async def _engine(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _sim_cost(args: argparse.Namespace) -> int:
+    from bench import sim_cost
+
+    pinning = Pinning.plan(args.pin)
+    pinning.pin_client()
+    results = await sim_cost.measure(args.seconds, pinning)
+    doc = envelope("sim-cost") | {"pinning": pinning.describe(True),
+                                  "results": sim_cost.to_json(results)}  # fmt: skip
+    path = write_result(doc, "sim-cost", args.results_dir)
+    print(sim_cost.render(results))
+    goal = all(r.met for r in results)
+    print(f"\n{'PASS' if goal else 'FAIL'}  under {sim_cost.GOAL_US:g} µs of server CPU a token")
+    print(f"result: {path}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "run": _run,
     "compare": _compare,
     "footprint": _footprint,
     "engine": _engine,
+    "sim-cost": _sim_cost,
 }
 
 

@@ -15,7 +15,10 @@ from typing import Any, Literal
 EngineName = Literal["sim", "oxillama"]
 SimMode = Literal["echo", "lorem", "fixed"]
 SimLatencyDist = Literal["uniform", "normal", "lognormal"]
-SimFailureKind = Literal["before_first_token", "mid_stream", "429", "503"]
+SIM_FAILURE_TYPES = (
+    "rate_limit", "invalid_api_key", "context_length", "server_error", "overloaded",
+    "model_not_found", "mid_stream", "abort", "stall",
+)  # fmt: skip
 LogLevel = Literal["debug", "info", "warning", "error"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
 AccessLogFormat = Literal["text", "json"]
@@ -166,11 +169,12 @@ class Config:
     sim_itl_ms: float = _opt(0.0, "simulated inter-token latency (ms)")
     sim_itl_jitter_ms: float = _opt(0.0, "uniform jitter added to the inter-token latency (ms)")
     sim_failure_rate: float = _opt(0.0, "fraction of requests that fail (0..1)")
-    sim_failure_kind: SimFailureKind = _opt(
-        "before_first_token",
-        "how simulated failures happen",
-        choices=("before_first_token", "mid_stream", "429", "503"),
+    sim_failure_types: tuple[str, ...] = _opt(
+        ("server_error",),
+        "how simulated failures happen, one picked per failing request: "
+        + ", ".join(SIM_FAILURE_TYPES),
     )
+    sim_stall_ms: float = _opt(10_000.0, "how long a 'stall' failure sends nothing (ms)")
     sim_seed: int = _opt(0, "seed of the simulator (same seed + same request = same output)")
     sim_max_running: int = _opt(
         0, "sequences the simulator generates at once; more wait in a queue (0: no limit)"
@@ -223,6 +227,9 @@ class Config:
             problems.append("root_path must start with / and not end with one (e.g. /llm)")
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             problems.append("ssl_certfile and ssl_keyfile go together")
+        unknown = [k for k in self.sim_failure_types if k not in SIM_FAILURE_TYPES]
+        if unknown or not self.sim_failure_types:
+            problems.append(f"sim_failure_types must be some of {', '.join(SIM_FAILURE_TYPES)}")
         if self.sim_queue_full_status not in (429, 503):
             problems.append("sim_queue_full_status must be 429 or 503")
         if self.sim_time_factor_under_load < 1.0:

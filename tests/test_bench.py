@@ -186,10 +186,10 @@ async def test_injected_errors_are_counted_exactly(tmp_path: Path, scenario: str
 
 
 @pytest.mark.parametrize(
-    ("kind", "expected"), [("before_first_token", "status:"), ("mid_stream", "stream_error")]
+    ("kind", "expected"), [("server_error", "status:"), ("mid_stream", "stream_error")]
 )
 async def test_simulated_failures_are_errors(tmp_path: Path, kind: str, expected: str) -> None:
-    async with oxiserve(sim_failure_rate=1.0, sim_failure_kind=kind) as server:
+    async with oxiserve(sim_failure_rate=1.0, sim_failure_types=(kind,)) as server:
         report = await bench(server.url, "chat-stream", tmp_path, max_tokens=6)
     s = report.summary
     assert (s.requests, s.ok) == (6, 0)

@@ -406,15 +406,18 @@ def test_a_consumer_that_fell_behind_catches_up_with_the_schedule() -> None:
 @pytest.mark.parametrize(
     ("kind", "status", "code", "retry_after"),
     [
-        ("before_first_token", 500, "engine_error", None),
-        ("429", 429, "rate_limit_exceeded", 1),
-        ("503", 503, "engine_overloaded", 1),
+        ("server_error", 500, "server_error", None),
+        ("rate_limit", 429, "rate_limit_exceeded", 1),
+        ("overloaded", 503, "engine_overloaded", 1),
+        ("invalid_api_key", 401, "invalid_api_key", None),
+        ("context_length", 400, "context_length_exceeded", None),
+        ("model_not_found", 404, "model_not_found", None),
     ],
 )
 async def test_failures_before_the_first_token(
     kind: str, status: int, code: str, retry_after: float | None
 ) -> None:
-    sim = engine(sim_failure_rate=1.0, sim_failure_kind=kind)
+    sim = engine(sim_failure_rate=1.0, sim_failure_types=(kind,))
     stream = sim.generate(request())
     error, tokens = await fails_with(stream)
     assert (tokens, error.status, error.code, error.retry_after) == ([], status, code, retry_after)
@@ -425,9 +428,9 @@ async def test_failures_before_the_first_token(
 
 
 async def test_mid_stream_failure_after_half_the_tokens() -> None:
-    sim = engine(sim_failure_rate=1.0, sim_failure_kind="mid_stream")
+    sim = engine(sim_failure_rate=1.0, sim_failure_types=("mid_stream",))
     error, tokens = await fails_with(sim.generate(request(max_tokens=16)))
-    assert (len(tokens), error.status, error.code) == (8, 500, "engine_error")
+    assert (len(tokens), error.status, error.code) == (8, 500, "server_error")
     assert sim.active_generations == 0
     error, tokens = await fails_with(sim.generate(request(max_tokens=1)))
     assert len(tokens) == 1
@@ -506,7 +509,7 @@ TEXT_CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "json": ({}, {"response_format": ResponseFormat("json_object")}),
     "logprobs": ({}, {"max_tokens": 40, "logprobs": True, "top_logprobs": 2}),
     "tool call": ({}, {"tools": (_WEATHER,), "tool_choice": "required"}),
-    "mid-stream failure": ({"sim_failure_rate": 1.0, "sim_failure_kind": "mid_stream"}, {}),
+    "mid-stream failure": ({"sim_failure_rate": 1.0, "sim_failure_types": ("mid_stream",)}, {}),
     "x-sim-error-at": ({}, {"max_tokens": 90, "headers": {"x-sim-error": "502",
                                                           "x-sim-error-at": "70"}}),
     "paced": ({"sim_ttft_ms": 1, "sim_itl_ms": 0.01}, {"max_tokens": 20}),

@@ -24,6 +24,7 @@ from oxiserve.api.stops import StopMatcher
 from oxiserve.broadcast import Topic
 from oxiserve.engine.base import (
     Engine,
+    EngineAbort,
     EngineError,
     GenerationRequest,
     TokenLogprob,
@@ -33,7 +34,7 @@ from oxiserve.engine.base import (
 )
 from oxiserve.errors import APIError, ServerError, error_for_status
 from oxiserve.http import sse
-from oxiserve.http.messages import BodyWriter, StreamResponse
+from oxiserve.http.messages import BodyWriter, ResetConnection, StreamResponse
 from oxiserve.jobs import Job
 from oxiserve.metrics import Metrics
 
@@ -140,9 +141,13 @@ async def collect(
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(collect_choice(engine, r, stops)) for r in requests]
         return [t.result() for t in tasks]
+    except EngineAbort:
+        raise ResetConnection from None
     except EngineError as exc:
         raise api_error(exc) from None
     except ExceptionGroup as group_error:
+        if group_error.subgroup(EngineAbort) is not None:
+            raise ResetConnection from None
         raise _first_api_error(group_error) from None
 
 
@@ -198,6 +203,7 @@ class StreamJob:
             capacity, encoder.text, self._logprobs.catch_up if self._logprobs else None
         )
         self.error: APIError | None = None
+        self.aborted = False  # the engine asked for the connection to be reset
         self.results: list[ChoiceResult] = []
         self._engine = engine
         self._requests = requests
@@ -226,6 +232,8 @@ class StreamJob:
             await self.topic.wait_first()
         if self.error is not None:
             raise self.error
+        if self.aborted:
+            raise ResetConnection
         self._streaming = True  # from here on, failures go into the stream
 
     def response(
@@ -236,6 +244,8 @@ class StreamJob:
                 await sse.pump(self.topic, writer, keepalive)
             finally:
                 job.release()  # the client left (or the stream ended): stop generating now
+            if self.aborted:
+                raise ResetConnection
 
         return StreamResponse(produce, headers=sse.SSE_HEADERS + headers)
 
@@ -252,13 +262,24 @@ class StreamJob:
             if self._include_usage:
                 topic.publish(encoder.usage(total_usage(self.results, self._per_prompt)))
             topic.close(self._done_frame)
+        except EngineAbort:
+            self._abort()
         except EngineError as exc:
             self._fail(api_error(exc))
         except ExceptionGroup as group_error:
-            self._fail(_first_api_error(group_error))
+            if group_error.subgroup(EngineAbort) is not None:
+                self._abort()
+            else:
+                self._fail(_first_api_error(group_error))
         except Exception:
             log.exception("generation failed")
             self._fail(ServerError("The engine failed while generating."))
+
+    def _abort(self) -> None:
+        """The engine dropped the connection: no error frame, the client's connection is
+        reset (before the head: by the handler; after it: by the pump's producer)."""
+        self.aborted = True
+        self.topic.close()
 
     def _fail(self, error: APIError) -> None:
         if not self._streaming:

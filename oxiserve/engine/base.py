@@ -184,6 +184,14 @@ class EngineError(Exception):
         self.retry_after = retry_after
 
 
+class EngineAbort(EngineError):
+    """The generation ends by dropping the client's connection (the simulator's ``abort``):
+    an attached chat or completion resets it; a run or a response fails with this error."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=500, code="connection_reset")
+
+
 class TokenStream(Protocol):
     """The result of :meth:`Engine.generate`: an async iterator of text pieces.
 

@@ -97,6 +97,7 @@ class SimStream:
         "_plan",
         "_pos",
         "_slot",
+        "_stalled",
         "_state",
         "_top_n",
         "_waiter",
@@ -120,6 +121,7 @@ class SimStream:
         self._emit: Callable[[str], None] | None = None  # the pipe's, while the driver steps it
         self._due = 0.0
         self._paced = False
+        self._stalled = False  # a stall failure happens once
         config = engine.config
         jitter = config.sim_itl_jitter_ms > 0
         self._itl_paced = config.sim_itl_ms > 0 or jitter
@@ -174,32 +176,37 @@ class SimStream:
         Unpaced and without logprobs, the pieces after the first come from the engine's
         :class:`_Driver`: one token per loop iteration, as iterating takes, but from one
         callback stepping every piped generation, with no task switch per token."""
-        while self._state is _State.NEW or self._paced or self._lp_rng is not None:
-            try:
-                text = await self.__anext__()
-            except StopAsyncIteration:
+        while True:
+            while self._state is _State.NEW or self._paced or self._lp_rng is not None:
+                try:
+                    text = await self.__anext__()
+                except StopAsyncIteration:
+                    return
+                emit(text)
+            if self._state is not _RUNNING:
                 return
-            emit(text)
-        if self._state is not _RUNNING:
-            return
-        if self._pos >= self._end:  # the driver steps only streams with a token in hand
+            if self._pos >= self._end:  # the driver steps only streams with a token in hand
+                try:
+                    self._next_chunk()
+                except StopAsyncIteration:
+                    return
+                if self._paced:
+                    continue  # a stall began: the paced path waits it out
+            loop = self._loop
+            assert loop is not None  # set by _start
+            done = self._waiter = loop.create_future()
+            self._emit = emit
+            self._engine.driver(loop).add(self)
             try:
-                self._next_chunk()
-            except StopAsyncIteration:
-                return
-        loop = self._loop
-        assert loop is not None  # set by _start
-        done = self._waiter = loop.create_future()
-        self._emit = emit
-        self._engine.driver(loop).add(self)
-        try:
-            await done
-        except BaseException:
-            self._stop("cancelled")  # no-op if it failed: the failure is what we raise
-            raise
-        finally:
-            self._waiter = None
-            self._emit = None
+                await done
+            except BaseException:
+                self._stop("cancelled")  # no-op if it failed: the failure is what we raise
+                raise
+            finally:
+                self._waiter = None
+                self._emit = None
+            if self._state is not _RUNNING:
+                return  # else the driver let it go for a stall: on, paced
 
     async def aclose(self) -> None:
         """Cancel the generation: no token is produced after this returns."""
@@ -222,25 +229,33 @@ class SimStream:
         """Fail, finish (StopAsyncIteration) or make the next chunk of a running stream."""
         plan = self._plan
         produced = self.usage.completion_tokens
-        if produced == plan.fail_at and plan.failure is not None:
-            error = plan.failure.error()
-            self._stop(None, error)
-            raise error
+        if produced == plan.fail_at and plan.failure is not None and not self._stalled:
+            if plan.failure.action != "stall":
+                error = plan.failure.error()
+                self._stop(None, error)
+                raise error
+            self._stall()
+            if self._pos < len(self._chunk):  # then the rest of this chunk, as without it
+                self._end = len(self._chunk)
+                return
         if produced >= plan.count:
             self._stop(plan.reason)
             raise StopAsyncIteration
+        # Chunks are cut as if nothing failed (the text stays the same); a failure due
+        # inside one ends it early.
         stop = min(plan.count, produced + CHUNK)
-        if plan.fail_at > produced:
-            stop = min(stop, plan.fail_at)
         if plan.pieces is None:
             self._chunk = sim_text.lorem_pieces(plan.lorem, stop - produced, produced == 0)
         else:
             self._chunk = plan.pieces[produced:stop]
         self._pos, self._end = 0, len(self._chunk)
+        if plan.failure is not None and produced < plan.fail_at < stop:
+            self._end = plan.fail_at - produced
 
     def _start(self) -> Generator[Any, Any, None]:
         plan, engine = self._plan, self._engine
-        if plan.fail_at == 0 and plan.failure is not None:
+        stall = plan.fail_at == 0 and plan.failure is not None and plan.failure.action == "stall"
+        if plan.fail_at == 0 and plan.failure is not None and not stall:
             self._stop(None)
             raise plan.failure.error()
         try:
@@ -271,6 +286,9 @@ class SimStream:
         self._slot = True
         self._state = _RUNNING
         ttft = plan.ttft * engine.load_factor()
+        if stall:  # before the first token: a longer wait for it
+            self._stalled = True
+            ttft += engine.config.sim_stall_ms / 1000.0
         self._due = loop.time() + ttft
         self._paced = ttft > 0 or self._itl_paced
         if plan.count == 0:  # a tool call, or nothing to say: still the first-token wait
@@ -281,6 +299,18 @@ class SimStream:
                 self._call_tool(plan.tool)
             self._stop(plan.reason)
             raise StopAsyncIteration
+
+    def _stall(self) -> None:
+        """Send nothing for ``--sim-stall-ms``, then go on as before: the next token waits
+        (a piped stream leaves the driver for the paced path, which waits it out)."""
+        loop = self._loop
+        assert loop is not None
+        self._stalled = True
+        self._due = max(self._due, loop.time()) + self._engine.config.sim_stall_ms / 1000.0
+        self._paced = True
+        waiter = self._waiter
+        if self._emit is not None and waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _call_tool(self, tool: ToolSpec) -> None:
         rng = self._plan.rng
@@ -397,12 +427,13 @@ class _Driver:
                 emit(stream._chunk[pos])
                 if pos + 1 >= stream._end and stream._state is _RUNNING:
                     stream._next_chunk()  # at once: a finish wakes the pipe this iteration
+                    ended = ended or stream._paced  # a stall: it leaves the driver
             except Exception as exc:
                 stream._fail(exc)
                 ended = True
         self._engine.tokens_produced += made
         if ended:
-            streams = self._streams = [s for s in streams if s._state is _RUNNING]
+            streams = self._streams = [s for s in streams if s._state is _RUNNING and not s._paced]
         if self._joining:
             streams += self._joining
             self._joining = []

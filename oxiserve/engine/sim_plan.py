@@ -15,13 +15,14 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from random import Random
 from typing import Any
 
 from oxiserve.config import Config
 from oxiserve.engine import sim_json, sim_text
 from oxiserve.engine.base import (
+    EngineAbort,
     EngineError,
     FinishReason,
     GenerationRequest,
@@ -43,25 +44,43 @@ _Answer = tuple[list[str] | None, int, bool]  # pieces (None: lorem), count, com
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """An error the plan says a generation runs into."""
+    """What the plan says a generation runs into after ``Plan.fail_at`` tokens: an error
+    (an HTTP error before the first token, an error event after it), ``abort`` (the
+    connection is reset) or ``stall`` (nothing for ``--sim-stall-ms``, then the rest)."""
 
     message: str
     status: int = 500
     code: str = "engine_error"
     retry_after: float | None = None
+    action: str = "error"  # "error", "abort" or "stall"
+    midway: bool = False  # by rate, it happens halfway through the answer (else before it)
 
     def error(self) -> EngineError:
+        if self.action == "abort":
+            return EngineAbort(self.message)
         return EngineError(
             self.message, status=self.status, code=self.code, retry_after=self.retry_after
         )
 
 
+# The failure types, each as OpenAI answers it (status, code; Retry-After where it sends one).
 _KIND_FAILURES = {
-    "before_first_token": Failure("simulated engine failure before the first token"),
-    "mid_stream": Failure("simulated engine failure in the middle of the stream"),
-    "429": Failure("simulated rate limit", 429, "rate_limit_exceeded", 1.0),
-    "503": Failure("simulated overload", 503, "engine_overloaded", 1.0),
-}
+    "rate_limit": Failure("Rate limit reached for requests (simulated).", 429,
+                          "rate_limit_exceeded", 1.0),
+    "invalid_api_key": Failure("Incorrect API key provided (simulated).", 401, "invalid_api_key"),
+    "context_length": Failure("This model's maximum context length was exceeded by this "
+                              "request (simulated).", 400, "context_length_exceeded"),
+    "server_error": Failure("The server had an error while processing your request "
+                            "(simulated).", 500, "server_error"),
+    "overloaded": Failure("The engine is currently overloaded, please try again later "
+                          "(simulated).", 503, "engine_overloaded", 1.0),
+    "model_not_found": Failure("The model does not exist or you do not have access to it "
+                               "(simulated).", 404, "model_not_found"),
+    "mid_stream": Failure("The server had an error while generating (simulated).", 500,
+                          "server_error", midway=True),
+    "abort": Failure("The connection was reset (simulated).", action="abort", midway=True),
+    "stall": Failure("The generation stalled (simulated).", action="stall", midway=True),
+}  # fmt: skip
 _STATUS_CODES = {429: "rate_limit_exceeded", 503: "engine_overloaded"}
 
 
@@ -111,10 +130,17 @@ def _roll(key: bytes, at: int) -> float:
 
 
 def header_failure(headers: Mapping[str, str], count: int) -> tuple[Failure, int] | None:
-    """The failure ``x-sim-error: <status>`` (and ``x-sim-error-at: <n>``) ask for."""
+    """The failure ``x-sim-error: <status or type>`` (and ``x-sim-error-at: <n>``, after how
+    many tokens; for a type that happens midway, halfway by default) ask for."""
     status_text, at_text = headers.get("x-sim-error"), headers.get("x-sim-error-at")
     if status_text is None and at_text is None:
         return None
+    kind = _KIND_FAILURES.get((status_text or "").strip().lower())
+    if kind is not None:
+        at = _midway(count) if kind.midway else 0
+        if at_text is not None:
+            at = min(_header_int("x-sim-error-at", at_text), count)
+        return kind, at
     status = 500 if status_text is None else _header_int("x-sim-error", status_text)
     if not 400 <= status <= 599:
         raise ValueError(f"x-sim-error must be an HTTP status in 400..599, got {status_text!r}")
@@ -164,8 +190,28 @@ def _context_failure(config: Config, request: GenerationRequest) -> Failure | No
 def _header_int(name: str, text: str) -> int:
     digits = text.strip()
     if not (digits.isascii() and digits.isdigit()) or len(digits) > 9:
-        raise ValueError(f"{name} must be a non-negative integer, got {text[:20]!r}")
+        kinds = ", ".join(_KIND_FAILURES) if name == "x-sim-error" else ""
+        also = f" or one of {kinds}" if kinds else ""
+        raise ValueError(f"{name} must be a non-negative integer{also}, got {text[:20]!r}")
     return int(digits)
+
+
+def _midway(count: int) -> int:
+    return min(max(1, count // 2), count)
+
+
+def _rate_failure(
+    config: Config, request: GenerationRequest, roll: float, count: int
+) -> tuple[Failure, int]:
+    """The failure of a request the rate picked (``roll`` < the rate): one of the types,
+    chosen by where the roll fell (so each type gets its share, deterministically)."""
+    kinds = config.sim_failure_types
+    kind = kinds[min(len(kinds) - 1, int(roll / config.sim_failure_rate * len(kinds)))]
+    failure = _KIND_FAILURES[kind]
+    if kind == "model_not_found":
+        message = f"The model `{request.model}` does not exist or you do not have access to it."
+        failure = replace(failure, message=message[:-1] + " (simulated).")
+    return failure, _midway(count) if failure.midway else 0
 
 
 def _pick_tool(request: GenerationRequest, roll: float, rng: Random | None) -> ToolSpec | None:
@@ -297,9 +343,7 @@ def make_plan(config: Config, request: GenerationRequest) -> Plan:
         if forced is not None:
             failure, fail_at = forced
         elif fail_roll < config.sim_failure_rate:
-            failure = _KIND_FAILURES[config.sim_failure_kind]
-            fail_at = max(1, count // 2) if config.sim_failure_kind == "mid_stream" else 0
-            fail_at = min(fail_at, count)
+            failure, fail_at = _rate_failure(config, request, fail_roll, count)
     dist = config.sim_latency_dist
     draw = ttft_roll if dist == "uniform" else Random(seed + 3)
     ttft = spread(config.sim_ttft_ms, config.sim_ttft_jitter_ms, dist, draw)

@@ -9,7 +9,10 @@ the connection as an :class:`Owner`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections.abc import Callable
 from typing import Protocol
 
@@ -19,7 +22,14 @@ import orjson
 from oxiserve.http import wire
 from oxiserve.http.contracts import Host
 from oxiserve.http.heads import Head, Probe
-from oxiserve.http.messages import Headers, HTTPError, Request, Response, StreamResponse
+from oxiserve.http.messages import (
+    Headers,
+    HTTPError,
+    Request,
+    ResetConnection,
+    Response,
+    StreamResponse,
+)
 from oxiserve.http.phases import Phase
 from oxiserve.http.writer import PIECE, ChunkedWriter
 
@@ -85,6 +95,10 @@ class Cycle:
                 response = await response  # type: ignore[misc]
         except asyncio.CancelledError:
             raise
+        except ResetConnection:
+            if conn.transport is not None:
+                reset(conn.transport)
+            return
         except Exception as exc:
             response = self.error_response(conn.ctx, exc)
         if isinstance(response, Response):
@@ -177,6 +191,10 @@ class Cycle:
             if not conn.closed:  # the client may have left while we streamed
                 writer.finish(body=request.method != "HEAD")
                 await writer.wait_flushed()
+        except ResetConnection:
+            writer.flush_gathered()  # what was said goes out first, then the reset
+            reset(transport)
+            return
         except Exception:
             # The head may be out: the only honest signal left is a broken body.
             log.exception("stream failed (request %s)", request.request_id)
@@ -214,3 +232,12 @@ def error(
 ) -> Response:
     """An error response the http layer answers, in the body shape the app hands in."""
     return Response(ctx.render_error(status, message, code), status, "application/json", headers)
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Close with a TCP reset (RST) once what is buffered is sent: SO_LINGER 0, then close."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.close()

@@ -11,6 +11,11 @@ import orjson
 Headers = tuple[tuple[str, str], ...]
 
 
+class ResetConnection(Exception):
+    """Answer by resetting the connection (RST), with no response and nothing logged: what
+    a simulated abort asks for, so a client's handling of a dropped connection is tested."""
+
+
 class HTTPError(Exception):
     """A refusal the http layer answers itself (``status``; the app renders the body).
 

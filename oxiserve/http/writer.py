@@ -206,6 +206,10 @@ class ChunkedWriter:
         else:
             self._update_flow()
 
+    def flush_gathered(self) -> None:
+        """Hand what the open gathering window holds to the transport now (before a reset)."""
+        self._release_gathered()
+
     def _release_gathered(self) -> None:
         """Write what the open gathering window holds and close it."""
         if self._timer is not None:
