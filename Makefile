@@ -69,6 +69,7 @@ bench: $(VENV)/.installed-bench
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m compileall -q oxiserve bench
 	$(BIN)/python -m bench compare
 	$(BIN)/python -m bench engine
+	$(BIN)/python -m bench sim-cost
 
 readme: $(VENV)/.installed-dev
 	$(BIN)/python -m scripts.readme_tables

@@ -168,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("sim-cost", help="server CPU per simulated token at ITL 20 ms, 1 and 256 "
                        "streams")  # fmt: skip
-    p.add_argument("--seconds", type=_positive_float, default=6.0)
+    p.add_argument("--seconds", type=_positive_float, default=10.0)
     _common(p)
     return root
 

@@ -23,7 +23,8 @@ T = TypeVar("T")
 # are not asyncio.Transport subclasses; a server that assumes so breaks on them).
 BOTH_LOOPS_MODULES = frozenset(
     {"test_chat", "test_completions_embeddings", "test_http_connection", "test_http_hardening",
-     "test_loops", "test_memory_bounds", "test_disconnects", "test_structured_output"}
+     "test_loops", "test_memory_bounds", "test_disconnects", "test_structured_output",
+     "test_sim_load", "test_sim_failures"}
 )  # fmt: skip
 
 

@@ -196,3 +196,27 @@ def test_latency_distributions_are_seeded_and_never_negative(dist: str) -> None:
     plans = [make_plan(config, request(prompt=f"p{i}")).ttft for i in range(50)]
     assert plans == [make_plan(config, request(prompt=f"p{i}")).ttft for i in range(50)]
     assert len(set(plans)) > 40  # spread, and the same again for the same seed
+
+
+async def test_paced_streams_share_one_pacer_and_keep_their_schedule() -> None:
+    sim = engine(sim_itl_ms=5, sim_itl_jitter_ms=2)
+    loop = asyncio.get_running_loop()
+
+    async def piped(i: int) -> tuple[str, float]:
+        stream = sim.generate(request(prompt=f"stream {i}", max_tokens=10))
+        pieces: list[str] = []
+        started = loop.time()
+        await stream.pipe(pieces.append)
+        return "".join(pieces), loop.time() - started
+
+    async def iterated(i: int) -> str:
+        return "".join(
+            [t async for t in sim.generate(request(prompt=f"stream {i}", max_tokens=10))]
+        )
+
+    results = await asyncio.wait_for(asyncio.gather(*(piped(i) for i in range(100))), TIMEOUT)
+    assert sim._pacer is not None  # the piped ones went through the pacer
+    for i, (text, took) in enumerate(results):
+        assert text == await iterated(i)  # the same tokens as one at a time
+        assert took >= 9 * 0.005 - 0.001  # nine gaps of at least 5 ms (jitter only adds)
+    assert sim.active_generations == 0

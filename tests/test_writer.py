@@ -53,6 +53,21 @@ async def test_busy_stream_frames_are_gathered_first_frames_are_not() -> None:
     assert await decode(transport.writes) == b"".join(frames)
 
 
+async def test_frames_slower_than_the_window_go_out_at_once_and_arm_no_timer() -> None:
+    writer, transport = make(0.002)
+    writer._last = -1.0  # as if written long ago: every frame comes after a quiet spell
+    loop = asyncio.get_running_loop()
+    for i in range(6):
+        writer._last = loop.time() - 0.01  # the previous frame, 10 ms ago (a 20 ms pace)
+        writer.write(b"f%d" % i)
+        assert writer._timer is None  # no gathering window was opened for it
+        assert len(transport.writes) == i + 1  # it went out at once
+    writer.write(b"fast")  # right after the last one: now the window opens
+    assert writer._timer is not None
+    writer.finish()
+    assert await decode(transport.writes) == b"f0f1f2f3f4f5fast"
+
+
 async def test_finish_writes_what_is_gathered_in_order() -> None:
     writer, transport = make(10.0)
     for i in range(10):

@@ -23,6 +23,7 @@ import collections
 import contextlib
 import functools
 import hashlib
+import heapq
 import math
 import struct
 import types
@@ -173,11 +174,16 @@ class SimStream:
     async def pipe(self, emit: Callable[[str], None]) -> None:
         """Hand every remaining piece to ``emit`` (``TokenStream.pipe``).
 
-        Unpaced and without logprobs, the pieces after the first come from the engine's
-        :class:`_Driver`: one token per loop iteration, as iterating takes, but from one
-        callback stepping every piped generation, with no task switch per token."""
+        Without logprobs, the pieces after the first come from one of the engine's stepping
+        callbacks instead of a task switch per token: unpaced, the :class:`_Driver` (one
+        token per loop iteration, as iterating takes); with an inter-token latency, the
+        :class:`_Pacer` (each token at its time, as iterating would give it)."""
         while True:
-            while self._state is _State.NEW or self._paced or self._lp_rng is not None:
+            while (
+                self._state is _State.NEW
+                or self._lp_rng is not None
+                or (self._paced and not self._itl_paced)  # a first token's or a stall's wait
+            ):
                 try:
                     text = await self.__anext__()
                 except StopAsyncIteration:
@@ -190,13 +196,16 @@ class SimStream:
                     self._next_chunk()
                 except StopAsyncIteration:
                     return
-                if self._paced:
+                if self._paced and not self._itl_paced:
                     continue  # a stall began: the paced path waits it out
             loop = self._loop
             assert loop is not None  # set by _start
             done = self._waiter = loop.create_future()
             self._emit = emit
-            self._engine.driver(loop).add(self)
+            if self._itl_paced:
+                self._engine.pacer(loop).add(self)
+            else:
+                self._engine.driver(loop).add(self)
             try:
                 await done
             except BaseException:
@@ -309,8 +318,9 @@ class SimStream:
         self._due = max(self._due, loop.time()) + self._engine.config.sim_stall_ms / 1000.0
         self._paced = True
         waiter = self._waiter
-        if self._emit is not None and waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        in_driver = self._emit is not None and not self._itl_paced  # (the pacer just waits)
+        if in_driver and waiter is not None and not waiter.done():
+            waiter.set_result(None)  # out of the driver
 
     def _call_tool(self, tool: ToolSpec) -> None:
         rng = self._plan.rng
@@ -335,12 +345,7 @@ class SimStream:
         loop = self._loop
         assert loop is not None
         delay = self._due - loop.time()
-        engine = self._engine
-        config = engine.config
-        gap = config.sim_itl_ms
-        if self._gap_rng is not None:
-            gap = spread(gap, config.sim_itl_jitter_ms, config.sim_latency_dist, self._gap_rng)
-        self._due += gap * engine.load_factor() / 1000.0
+        self._advance_due()
         self._paced = self._itl_paced
         try:
             if delay <= 0:
@@ -356,6 +361,15 @@ class SimStream:
         except BaseException:
             self._stop("cancelled")
             raise
+
+    def _advance_due(self) -> None:
+        """The next token is due one inter-token gap (jittered, stretched by load) later."""
+        engine = self._engine
+        config = engine.config
+        gap = config.sim_itl_ms
+        if self._gap_rng is not None:
+            gap = spread(gap, config.sim_itl_jitter_ms, config.sim_latency_dist, self._gap_rng)
+        self._due += gap * engine.load_factor() / 1000.0
 
     def _stop(self, reason: FinishReason | None, error: BaseException | None = None) -> None:
         """End the generation (``None``: it failed with ``error``, which a pending
@@ -443,6 +457,78 @@ class _Driver:
             self._scheduled = False
 
 
+PACER_SLACK = 0.0005  # tokens due this soon go out with the ones due now: one wake-up for all
+
+
+class _Pacer:
+    """Steps every piped generation that has an inter-token latency, each token at its due
+    time, from one timer for all of them: a heap of due times instead of a timer and a task
+    switch per token per stream.  Tokens due within PACER_SLACK of each other go out in one
+    wake-up; one that is late (the loop was busy) goes out at once, one per step, so a
+    stream catches up on its schedule as iterating would."""
+
+    __slots__ = ("_armed", "_engine", "_heap", "_seq", "_timer", "loop")
+
+    def __init__(self, engine: SimEngine, loop: asyncio.AbstractEventLoop) -> None:
+        self._engine = engine
+        self.loop = loop
+        self._heap: list[tuple[float, int, SimStream]] = []
+        self._seq = 0  # ties: first come, first served
+        self._timer: asyncio.Handle | None = None  # (uvloop's has no when(): see _armed)
+        self._armed = 0.0  # when the timer fires
+
+    def add(self, stream: SimStream) -> None:
+        self._push(stream)
+        self._arm()
+
+    def _push(self, stream: SimStream) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (stream._due, self._seq, stream))
+
+    def _arm(self) -> None:
+        heap, timer = self._heap, self._timer
+        if not heap:
+            return
+        due = heap[0][0]
+        if timer is not None:
+            if self._armed <= due:
+                return
+            timer.cancel()
+        self._timer, self._armed = self.loop.call_at(due, self._step), due
+
+    def _step(self) -> None:
+        self._timer = None
+        heap = self._heap
+        now = self.loop.time() + PACER_SLACK
+        made = 0
+        later: list[SimStream] = []
+        while heap and heap[0][0] <= now:
+            due, _, stream = heapq.heappop(heap)
+            if stream._state is not _RUNNING or stream._emit is None:
+                continue  # closed or ended: it left
+            if stream._due != due:  # its schedule moved (a stall): wait for the new time
+                later.append(stream)
+                continue
+            pos = stream._pos
+            stream._pos = pos + 1
+            stream.usage.completion_tokens += 1
+            made += 1
+            try:
+                stream._emit(stream._chunk[pos])
+                if pos + 1 >= stream._end and stream._state is _RUNNING:
+                    stream._next_chunk()
+            except Exception as exc:
+                stream._fail(exc)
+                continue
+            if stream._state is _RUNNING:
+                stream._advance_due()
+                later.append(stream)  # after this step: one token per stream per step
+        for stream in later:
+            self._push(stream)
+        self._engine.tokens_produced += made
+        self._arm()
+
+
 _MEMO_CHARS = 16 * 1024
 _MEMO_ENTRIES = 256  # at most 16 MiB of text held, far less for ASCII prompts
 
@@ -471,6 +557,7 @@ class SimEngine:
         self._embed_key = f"oxiserve-sim-embedding\0{config.sim_seed}\0".encode()
         self._counts = functools.lru_cache(maxsize=_MEMO_ENTRIES)(_count)
         self._driver: _Driver | None = None
+        self._pacer: _Pacer | None = None
 
     @property
     def waiting(self) -> int:
@@ -515,6 +602,13 @@ class SimEngine:
                     waiter.set_result(True)
                     return  # the slot changes hands: as many run as before
         self.active_generations -= 1
+
+    def pacer(self, loop: asyncio.AbstractEventLoop) -> _Pacer:
+        """The pacer of this engine's piped generations with an inter-token latency."""
+        pacer = self._pacer
+        if pacer is None or pacer.loop is not loop:
+            pacer = self._pacer = _Pacer(self, loop)
+        return pacer
 
     def driver(self, loop: asyncio.AbstractEventLoop) -> _Driver:
         """The driver stepping this engine's piped generations on ``loop`` (one per loop: an

@@ -3,8 +3,9 @@
 A socket send costs more than everything else a streamed event costs, so:
 - the response head goes out with the first frames, and the last chunk with the last ones;
 - a busy stream's frames are gathered into one chunk per ``coalesce`` seconds.  A quiet
-  stream is not delayed: its first frames, and any frame after a quiet spell of
-  ``coalesce`` seconds, are written at once.
+  stream is not delayed: its first frames, and any frame more than ``coalesce`` seconds
+  after the one before, are written at once, and open no window (a stream paced slower
+  than the window, as a GPU's 20 ms tokens are, costs no timer per token).
 
 Memory stays bounded however large a write is: data over ``PIECE`` bytes (a large JSON
 body, a stream's catch-up backlog, a long echo) is queued as views of the caller's bytes
@@ -29,9 +30,9 @@ PIECE = 64 * 1024  # larger writes go out in pieces of this size, under flow con
 
 class ChunkedWriter:
     __slots__ = (
-        "_blocked", "_budget", "_chunked", "_coalesce", "_head", "_immediate", "_loop",
-        "_lost", "_on_pause", "_on_resume", "_paused", "_pending", "_pending_size", "_queue",
-        "_timer", "_transport", "_waiters", "_waiting_budget", "sent",
+        "_blocked", "_budget", "_chunked", "_coalesce", "_head", "_immediate", "_last",
+        "_loop", "_lost", "_on_pause", "_on_resume", "_paused", "_pending", "_pending_size",
+        "_queue", "_timer", "_transport", "_waiters", "_waiting_budget", "sent",
     )  # fmt: skip
 
     def __init__(
@@ -53,6 +54,7 @@ class ChunkedWriter:
         self._immediate = _IMMEDIATE_FRAMES
         self._pending: list[bytes] | None = None  # not None: a gathering window is open
         self._pending_size = 0
+        self._last = -1e9  # when the last frame went out at once
         self._timer: asyncio.TimerHandle | None = None
         self._paused = paused  # the transport's flow control
         self._blocked = paused  # what the stream is told: paused, or pieces still queued
@@ -90,11 +92,15 @@ class ChunkedWriter:
                 self._write_pending()
             return
         self._send(data)
+        if self._coalesce <= 0:
+            return
+        now = self._loop.time()
         if self._immediate:
             self._immediate -= 1
-        elif self._coalesce > 0:
+        elif now - self._last < self._coalesce:  # frames come fast: gather the next ones
             self._pending = []
             self._timer = self._loop.call_later(self._coalesce, self._flush)
+        self._last = now
 
     def _send(self, data: bytes, last: bool = False) -> None:
         if self._chunked:
