@@ -41,8 +41,9 @@ from oxiserve.store.sqlite import SqliteStore
 log = logging.getLogger("oxiserve")
 
 
-def create_engine(config: Config) -> Engine:
-    """The engine ``config.engine`` names (imported only when chosen)."""
+def create_engine(config: Config, *, load: bool = True) -> Engine:
+    """The engine ``config.engine`` names (imported only when chosen).  ``load=False``: a
+    real engine checks its model now and loads it when ``load()`` is called."""
     if config.engine == "sim":
         from oxiserve.engine.sim import SimEngine
 
@@ -50,7 +51,7 @@ def create_engine(config: Config) -> Engine:
     if config.engine == "oxillama":
         from oxiserve.engine.oxillama import OxillamaEngine
 
-        return OxillamaEngine(config)
+        return OxillamaEngine(config, load=load)
     raise ValueError(f"unknown engine {config.engine!r}")
 
 
@@ -85,7 +86,7 @@ class Server:
             raise RuntimeError("server already started")
         loop = asyncio.get_running_loop()
         tls = self._tls()  # a bad certificate stops the start before anything is opened
-        engine = self._engine or create_engine(self.config)
+        engine = self._engine or create_engine(self.config, load=False)
         store = await SqliteStore.open(self.config.db)
         try:
             jobs = JobSupervisor(self.config.job_retention, max_retained=self.config.retained_jobs)
@@ -124,6 +125,20 @@ class Server:
             sockname = self._server.sockets[0].getsockname()
             self.host, self.port = sockname[0], sockname[1]
         ctx.start_sweeping()
+        await self._load(engine)
+
+    async def _load(self, engine: Engine) -> None:
+        """Load a real engine's model while already listening: /health answers, and
+        /health/ready says 503 until the model is in (a failure still stops the start)."""
+        load = getattr(engine, "load", None)
+        if load is None or getattr(engine, "ready", True):
+            return
+        log.info("loading the model; %s/health/ready answers 503 until it is in", self.url)
+        try:
+            await asyncio.to_thread(load)
+        except BaseException:
+            await self.stop(timeout=0)
+            raise
 
     def _tls(self) -> ssl.SSLContext | None:
         config = self.config

@@ -20,8 +20,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 ENDPOINT_NOTES = {
     "/health": 'liveness: `{"status": "ok"}`',
-    "/health/ready": "readiness: 503 (`starting`, with `Retry-After`) for `--sim-startup-delay` "
-    "seconds and while shutting down, then 200 `ready`",
+    "/health/ready": "readiness: 503 while a real model loads (`loading`), for "
+    "`--sim-startup-delay` seconds (`starting`) and while shutting down, else 200 `ready`",
     "/v1/models": "models in OpenAI's list shape",
     "/v1/models/{model}": "one model; 404 `model_not_found` if unknown",
     "/v1/chat/completions": "chat completions; `stream`, `stream_options.include_usage`, `n`, "

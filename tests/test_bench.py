@@ -589,3 +589,23 @@ def test_every_scenario_has_a_name_and_builds() -> None:
         "fanout",
     }
     assert orjson.loads(build_request("POST", "/p", "h:1", b"{}").split(b"\r\n\r\n")[1]) == {}
+
+
+async def test_the_simulator_cost_is_server_cpu_over_paced_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench import sim_cost
+
+    monkeypatch.setattr(sim_cost, "CONCURRENCY", (1, 8))
+    monkeypatch.setattr(sim_cost, "MAX_TOKENS", 5)
+    monkeypatch.setattr(sim_cost, "ITL_MS", 5.0)
+    results = await sim_cost.measure(seconds=0.5)
+    assert [r.concurrency for r in results] == [1, 8]
+    for r in results:
+        assert r.tokens > 0
+        assert r.tokens % 5 == 0  # whole answers, counted from their usage
+        # paced: an answer's 5 tokens take at least its 4 gaps of 5 ms
+        assert r.tokens_per_s <= r.concurrency * 5 / (4 * 0.005) * 1.05
+    table = sim_cost.render(results)
+    assert "| 8 |" in table
+    assert all(set(row) >= {"met", "server_cpu_us_per_token"} for row in sim_cost.to_json(results))

@@ -6,6 +6,7 @@ import asyncio
 import math
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import openai
 import pytest
 
 from oxiserve import Server
+from oxiserve.config import Config
 from oxiserve.engine.base import EngineError, GenerationRequest
 from oxiserve.engine.oxillama import EngineStartError, OxillamaEngine
 from oxiserve.engine.tiny_gguf import (
@@ -378,3 +380,42 @@ async def test_with_tools_offered_text_streams_and_a_call_never_shows_as_text(
     assert [c.function.name for c in calls if c.function.name] == ["get_weather"]
     assert "".join(c.function.arguments or "" for c in calls) == '{"city":"Paris"}'
     assert finish == "tool_calls"
+
+
+async def test_the_server_listens_while_the_model_loads_and_is_ready_after(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oxiserve.engine import oxillama
+
+    loading, release = threading.Event(), threading.Event()
+    real_load = oxillama.OxillamaEngine.load
+
+    def slow_load(self: oxillama.OxillamaEngine) -> None:
+        loading.set()
+        release.wait(TIMEOUT)  # a large model takes its time
+        real_load(self)
+
+    monkeypatch.setattr(oxillama.OxillamaEngine, "load", slow_load)
+    server = Server(Config(port=0, db=":memory:", access_log=False, **_config(models["parrot"])))
+    starting = asyncio.create_task(server.start())
+    try:
+        await asyncio.wait_for(asyncio.to_thread(loading.wait, TIMEOUT), TIMEOUT)
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as http:
+            assert (await http.get("/health")).status_code == 200  # alive while loading
+            ready = await http.get("/health/ready")
+            assert (ready.status_code, ready.json()) == (503, {"status": "loading"})
+            chat = await http.post("/v1/chat/completions",
+                                   json={"model": "parrot", "messages": CHAT})  # fmt: skip
+            assert chat.status_code == 503
+            assert chat.json()["error"]["code"] == "model_loading"
+            assert chat.headers["retry-after"] == "1"
+            release.set()
+            await asyncio.wait_for(starting, TIMEOUT)
+            assert (await http.get("/health/ready")).status_code == 200
+            chat = await http.post("/v1/chat/completions",
+                                   json={"model": "parrot", "messages": CHAT})  # fmt: skip
+            assert chat.json()["choices"][0]["message"]["content"] == PARROT_TEXT
+    finally:
+        release.set()
+        await asyncio.wait_for(starting, TIMEOUT)
+        await server.stop(timeout=2)

@@ -29,6 +29,8 @@ def ready(state: AppState, request: Request) -> Response:
     load balancer sends nothing new; liveness (``/health``) answers 200 all along."""
     if state.stopping:
         return json_response({"status": "stopping"}, status=503)
+    if not getattr(state.engine, "ready", True):
+        return json_response({"status": "loading"}, status=503, headers=(("retry-after", "1"),))
     wait = state.ready_at - time.monotonic()
     if wait > 0:
         retry = (("retry-after", str(math.ceil(wait))),)

@@ -120,7 +120,9 @@ class OxillamaEngine:
 
     name = "oxillama"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, load: bool = True) -> None:
+        """Check the model file (one-line errors); ``load=False`` leaves loading to
+        :meth:`load` (the server listens meanwhile, not ready: see ``ready``)."""
         ox = _module()
         path = Path(config.model)
         if not config.model:
@@ -137,14 +139,16 @@ class OxillamaEngine:
             raise EngineStartError(str(exc)) from None
         self._template = chat_templates.load_template(config.chat_template or None,
                                                       info.chat_template)  # fmt: skip
-        self._workers = [_Worker(ox, config, str(path), i) for i in range(config.engine_workers)]
+        self._path = path
+        self._workers: list[_Worker] = []
         self._context = config.context_size or info.context_length or 2048
         self._counter = threading.Lock()
         self._count_engine: _Worker | None = None
-        self._count = self._token_counter(ox, config, path)
-        self._embedder = (
-            _Worker(ox, config, config.embedding_model, -2) if config.embedding_model else None
-        )
+        self._count: Callable[[str], int] = _approximate_count
+        self._embedder: _Worker | None = None
+        self.ready = False  # loaded: until then generations and embeddings get 503
+        if load:
+            self.load()
         created = int(path.stat().st_mtime)  # named by its file unless given names
         self._models = tuple(
             ModelInfo(id=n, created=created) for n in config.served_names(path.stem)
@@ -152,6 +156,17 @@ class OxillamaEngine:
         self._idle: asyncio.Queue[_Worker] | None = None
         self.waiting = 0  # generations waiting for an engine (for the metrics)
         self.running = 0
+
+    def load(self) -> None:
+        """Load the engines (seconds for a large model; blocking: call it off the loop)."""
+        ox, config, path = self._ox, self.config, self._path
+        workers = [_Worker(ox, config, str(path), i) for i in range(config.engine_workers)]
+        count = self._token_counter(ox, config, path)
+        embedder = (
+            _Worker(ox, config, config.embedding_model, -2) if config.embedding_model else None
+        )
+        self._workers, self._count, self._embedder = workers, count, embedder
+        self.ready = True
 
     # --- the Engine protocol -------------------------------------------------------------------
 
@@ -174,10 +189,8 @@ class OxillamaEngine:
         if path.stat().st_size <= COUNT_ENGINE_MAX_BYTES:
             counter = self._count_engine = _Worker(ox, config, str(path), -1)
             return lambda text: len(counter.engine.tokenize(text))
-        from oxiserve.engine import sim_text
-
         log.info("request token counts are approximate (no --tokenizer file)")
-        return sim_text.count_tokens
+        return _approximate_count
 
     def generate(self, request: GenerationRequest) -> OxillamaStream:
         return OxillamaStream(self, request)
@@ -209,6 +222,9 @@ class OxillamaEngine:
     # --- scheduling ----------------------------------------------------------------------------
 
     async def _acquire(self) -> _Worker:
+        if not self.ready:
+            raise EngineError("The model is still loading; retry shortly.", status=503,
+                              code="model_loading", retry_after=1.0)  # fmt: skip
         idle = self._idle
         if idle is None:
             idle = self._idle = asyncio.Queue()
@@ -278,6 +294,12 @@ class OxillamaEngine:
         if not request.tools or request.tool_choice in (None, "none"):
             return text, []
         return parse_tool_calls(text, request.tools)
+
+
+def _approximate_count(text: str) -> int:
+    from oxiserve.engine import sim_text
+
+    return sim_text.count_tokens(text)
 
 
 def _shorten(vector: list[float], dimensions: int | None) -> list[float]:
