@@ -4,6 +4,7 @@ window and latency distributions."""
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 from random import Random
 from typing import Any
@@ -220,3 +221,31 @@ async def test_paced_streams_share_one_pacer_and_keep_their_schedule() -> None:
         assert text == await iterated(i)  # the same tokens as one at a time
         assert took >= 9 * 0.005 - 0.001  # nine gaps of at least 5 ms (jitter only adds)
     assert sim.active_generations == 0
+
+
+async def test_the_same_seed_gives_the_same_stream_in_another_server() -> None:
+    """Two server processes' worth of runs (two servers, one after the other): with the same
+    --sim-seed every chunk is the same but for the response's id and time; another seed is
+    another answer."""
+
+    async def stream(seed: int) -> list[Any]:
+        config = {"sim_seed": seed, "sim_itl_ms": 1, "sim_itl_jitter_ms": 2,
+                  "sim_latency_dist": "lognormal"}  # fmt: skip
+        async with (
+            running(**config) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as http,
+        ):
+            body = {"model": "oxiserve-sim", "messages": CHAT, "max_tokens": 40, "stream": True,
+                    "logprobs": True, "top_logprobs": 2,
+                    "stream_options": {"include_usage": True}}  # fmt: skip
+            text = (await http.post("/v1/chat/completions", json=body)).text
+        chunks = [json.loads(line[6:]) for line in text.splitlines()
+                  if line.startswith("data: {")]  # fmt: skip
+        for chunk in chunks:
+            del chunk["id"], chunk["created"]
+        return chunks
+
+    first = await stream(7)
+    assert len(first) > 40
+    assert await stream(7) == first
+    assert await stream(8) != first
