@@ -100,6 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except loops.LoopUnavailable as exc:
         print(f"oxiserve: {exc}", file=sys.stderr)
         return 2
+    if config.workers > 1:
+        from oxiserve.supervisor import supervise
+
+        try:
+            return supervise(config, loop_name)
+        except OSError as exc:
+            print(f"oxiserve: cannot serve on {config.host}:{config.port}: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(serve(config, loop_name=loop_name))

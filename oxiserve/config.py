@@ -38,6 +38,12 @@ class Config:
     ssl_certfile: str = _opt("", "TLS certificate chain (PEM): serve HTTPS")
     ssl_keyfile: str = _opt("", "TLS private key (PEM), with --ssl-certfile")
     uds: str = _opt("", "serve on this Unix domain socket path instead of host:port")
+    workers: int = _opt(
+        1, "worker processes sharing the port (SO_REUSEPORT), each restarted when it dies"
+    )
+    worker_header: bool = _opt(
+        False, "say which worker answered, in an x-oxiserve-worker header (index/pid; debug)"
+    )
     engine: EngineName = _opt(
         "sim",
         "inference engine (oxillama: a GGUF model, the [oxillama] extra)",
@@ -234,6 +240,10 @@ class Config:
             problems.append("sim_queue_full_status must be 429 or 503")
         if self.sim_time_factor_under_load < 1.0:
             problems.append("sim_time_factor_under_load must be at least 1")
+        if self.workers < 1:
+            problems.append("workers must be at least 1")
+        if self.workers > 1 and self.uds:
+            problems.append("workers > 1 needs a TCP port, not --uds")
         if self.engine_workers < 1:
             problems.append("engine_workers must be at least 1")
         if self.max_queue < 0:

@@ -77,6 +77,21 @@ class MethodNotAllowed(APIError):
     code = "method_not_allowed"
 
 
+class NeedsSharedState(APIError):
+    """501: the endpoint keeps state in one process, and several worker processes serve."""
+
+    status = 501
+    type = "invalid_request_error"
+    code = "bus_required"
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(
+            f"This endpoint keeps state (runs, stored responses, conversations, threads) that "
+            f"the {workers} worker processes do not share: it needs a shared bus (--bus, not in "
+            f"this build). Serve it with --workers 1."
+        )
+
+
 class ServerError(APIError):
     status = 500
     type = "server_error"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -55,12 +56,30 @@ def create_engine(config: Config, *, load: bool = True) -> Engine:
     raise ValueError(f"unknown engine {config.engine!r}")
 
 
+def banner(url: str, config: Config, loop_name: str) -> str:
+    """The startup line (``bench`` and scripts find the URL in it)."""
+    line = f"oxiserve listening on {url} (engine={config.engine}, loop={loop_name})"
+    if config.workers > 1:
+        line += (f"; {config.workers} workers: runs, stored responses, conversations and "
+                 f"threads answer 501 (they need a shared --bus)")  # fmt: skip
+    return line
+
+
 class Server:
     """One oxiserve instance: engine, routes, connections, listening socket."""
 
-    def __init__(self, config: Config | None = None, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        engine: Engine | None = None,
+        worker: int | None = None,
+    ) -> None:
+        """``worker``: this server is worker process ``worker`` of ``--workers``: it shares
+        the port with the others (SO_REUSEPORT)."""
         self.config = config or Config()
         self._engine = engine
+        self._worker = worker
         self._server: asyncio.Server | None = None
         self._ctx: ServerContext | None = None
         self.state: AppState | None = None
@@ -112,6 +131,8 @@ class Server:
             self.config, build_router(self.state), loop,
             render_error=render_error, error_response=error_response,
         )  # fmt: skip
+        if self._worker is not None and config.worker_header:
+            ctx.extra_headers = (("x-oxiserve-worker", f"{self._worker}/{os.getpid()}"),)
         if self.config.uds:
             await asyncio.to_thread(_remove, self.config.uds)  # left by a previous run
             self._server = await loop.create_unix_server(
@@ -120,7 +141,7 @@ class Server:
         else:
             self._server = await loop.create_server(
                 lambda: Connection(ctx), self.config.host, self.config.port, backlog=2048,
-                ssl=tls,
+                ssl=tls, reuse_port=self._worker is not None or None,
             )  # fmt: skip
             sockname = self._server.sockets[0].getsockname()
             self.host, self.port = sockname[0], sockname[1]
@@ -240,13 +261,20 @@ def _remove(path: str) -> None:
         Path(path).unlink()
 
 
-async def serve(config: Config, *, loop_name: str = "asyncio") -> None:
-    """Run a server until SIGINT/SIGTERM, then shut down gracefully."""
+async def serve(
+    config: Config,
+    *,
+    loop_name: str = "asyncio",
+    worker: int | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Run a server until SIGINT/SIGTERM, then shut down gracefully.  A worker process
+    (``worker``) says it is ready through ``on_ready``; the supervisor prints the banner."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = Server(config)
+    server = Server(config, worker=worker)
     await server.start()
     reloads: set[asyncio.Task[int]] = set()  # owned here until they end
 
@@ -256,12 +284,10 @@ async def serve(config: Config, *, loop_name: str = "asyncio") -> None:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    engine = server.state.engine.name if server.state else config.engine
-    print(
-        f"oxiserve listening on {server.url} (engine={engine}, loop={loop_name})",
-        file=sys.stderr,
-        flush=True,
-    )
+    if on_ready is not None:
+        on_ready()
+    else:
+        print(banner(server.url, config, loop_name), file=sys.stderr, flush=True)
     try:
         await stop.wait()
     finally:

@@ -19,7 +19,7 @@ import orjson
 
 from oxiserve.api.limits import Limits, RateLimited
 from oxiserve.api.state import AppState
-from oxiserve.errors import APIError
+from oxiserve.errors import APIError, NeedsSharedState
 from oxiserve.http.messages import (
     AnyResponse,
     BodyWriter,
@@ -42,10 +42,17 @@ class Route:
     handler: Handler
 
 
+# Endpoints whose state lives in one process (the store's runs, responses, conversations and
+# threads, and the live topics of runs): with several workers and no shared bus, 501.
+_STATEFUL = ("/v1/threads", "/v1/assistants", "/v1/conversations", "/v1/responses/")
+
+
 def bind(router: Router, state: AppState, routes: Iterable[Route]) -> None:
     for route in routes:
         handler: Any = functools.partial(route.handler, state)
         is_async = inspect.iscoroutinefunction(route.handler)
+        if state.config.workers > 1 and route.path.startswith(_STATEFUL):
+            handler = _refused(state.config.workers)
         if route.path.startswith("/v1/") and _checks_on(state):
             handler = _guarded(handler, state, is_async)
         if state.metrics is not None:
@@ -89,6 +96,13 @@ def _measured(handler: Any, metrics: Metrics, route: Route, is_async: bool) -> A
         return response
 
     return measured
+
+
+def _refused(workers: int) -> Callable[[Request], AnyResponse]:
+    def refuse(request: Request) -> AnyResponse:
+        raise NeedsSharedState(workers)
+
+    return refuse
 
 
 def _checks_on(state: AppState) -> bool:

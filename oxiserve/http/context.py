@@ -52,6 +52,7 @@ class ServerContext:
             logging.INFO
         )
         self.cors = CorsPolicy(config.cors_allow_origins) if config.cors_allow_origins else None
+        self.extra_headers: tuple[tuple[str, str], ...] = ()  # on every answer (worker id)
         # The answer to OPTIONS *: every method some route takes.
         methods = {method for method, _ in router.routes()} | {"OPTIONS"}
         self.allow_all = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))

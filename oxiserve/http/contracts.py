@@ -54,6 +54,7 @@ class Host(Protocol):
     closing: bool
     access_log: bool
     cors: CorsPolicy | None
+    extra_headers: tuple[tuple[str, str], ...]
     allow_all: str
     budget: WriteBudget
     phase_moves: Moves

@@ -133,6 +133,8 @@ class Cycle:
         headers = response.headers
         if ctx.cors is not None:
             headers += ctx.cors.headers(request)
+        if ctx.extra_headers:
+            headers += ctx.extra_headers
         head = wire.response_head(
             response.status, response.content_type, request.request_id,
             content_length=len(body), headers=headers, close=close,
@@ -179,6 +181,8 @@ class Cycle:
         headers = response.headers
         if ctx.cors is not None:
             headers += ctx.cors.headers(request)
+        if ctx.extra_headers:
+            headers += ctx.extra_headers
         head = wire.response_head(
             response.status, response.content_type, request.request_id,
             content_length=None if chunked else -1, headers=headers, close=close,

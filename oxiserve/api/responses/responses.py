@@ -15,7 +15,7 @@ from oxiserve.api.shapes import api_error
 from oxiserve.api.state import AppState
 from oxiserve.api.stored import list_object, owner_of, page_args, query, store_of
 from oxiserve.engine.base import GenerationRequest, chatml
-from oxiserve.errors import InvalidRequest, NotFound, echo
+from oxiserve.errors import InvalidRequest, NeedsSharedState, NotFound, echo
 from oxiserve.http import sse
 from oxiserve.http.messages import BodyWriter, Request, Response, StreamResponse, json_response
 from oxiserve.jobs import Job, Policy
@@ -40,6 +40,8 @@ async def create_response(state: AppState, request: Request) -> Response | Strea
     settings, generation = _settings(state, body)
     previous = settings.get("previous_response_id")
     conversation_id = _conversation_id(body)
+    if state.config.workers > 1 and (store or previous is not None or conversation_id is not None):
+        raise NeedsSharedState(state.config.workers)  # 'store': false is served by any worker
     if previous is not None and conversation_id is not None:
         raise InvalidRequest("Use 'previous_response_id' or 'conversation', not both.",
                              param="conversation")  # fmt: skip
