@@ -35,7 +35,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigFileError(f"cannot read the config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{path} is not valid TOML: {exc}") from None
-    return {_name(path, key): _value(path, key, value) for key, value in data.items()}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = _name(path, key)
+        if name in values:  # model-name and model_name both: which one was meant?
+            raise ConfigFileError(f"{path}: {key!r} is set twice (with dashes and underscores)")
+        values[name] = _value(path, key, value)
+    return values
 
 
 def _name(path: str | Path, key: str) -> str:

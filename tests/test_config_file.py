@@ -134,3 +134,8 @@ async def test_readiness_waits_for_the_startup_delay_and_ends_with_the_shutdown(
     assert state.stopping  # the server stopped: not ready for anything new
     stopped = ready(state, None)  # type: ignore[arg-type]
     assert stopped.status == 503
+
+
+def test_a_setting_given_twice_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="set twice"):
+        read_config_file(write(tmp_path, 'model-name = "a"\nmodel_name = "b"\n'))

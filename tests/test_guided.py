@@ -163,3 +163,11 @@ def test_sampling_is_reproducible_for_a_seed_and_stays_valid() -> None:
     for text in texts:
         assert isinstance(json.loads(text)["a"], int)
     assert len(set(texts)) > 1  # a hot temperature does sample
+
+
+def test_a_dead_end_is_not_a_complete_answer() -> None:
+    # Only "a" may be written, yet two properties are asked for: no way to close the object.
+    schema = {"type": "object", "properties": {"a": {"const": 1}}, "minProperties": 2}
+    text, reason, _, _ = run(ScriptedModel('{"a": 1}'), schema)
+    assert text.startswith('{"a":')
+    assert reason == "max_tokens"  # reported as cut short, never as a finished answer

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
-from oxiserve.engine.json_guide import JsonGuide, SchemaTooLarge, nested
+from oxiserve.engine.json_guide import MAX_STATES, JsonGuide, SchemaTooLarge, nested
 from oxiserve.engine.sim_json import sample_json
 
 
@@ -294,3 +294,27 @@ def test_the_schema_false_and_a_false_property() -> None:
     guide = JsonGuide({"type": "object", "properties": {"a": False, "b": {"type": "null"}}})
     assert accepted(guide, '{"b": null}')
     assert not alive(guide, '{"a"')
+
+
+def test_look_alike_unions_stay_bounded() -> None:
+    twin = {"type": "array", "items": {"$ref": "#"}}
+    guide = JsonGuide({"anyOf": [twin, dict(twin)]})  # each "[" would double the states
+    states = guide.feed(guide.start(), "[" * 40)
+    assert 0 < len(states) <= MAX_STATES
+    assert guide.accepts(guide.feed(states, "]" * 40))  # and what is kept is still valid
+
+
+def test_all_of_a_property_in_two_parts_must_satisfy_both() -> None:
+    guide = JsonGuide(
+        {
+            "allOf": [
+                {"properties": {"a": {"type": "integer"}}, "required": ["a"]},
+                {"properties": {"a": {"minimum": 0}}, "type": ["object", "null"]},
+            ],
+            "type": "object",
+        }
+    )
+    assert accepted(guide, '{"a": 2}')
+    assert not accepted(guide, '{"a": 1.5}')  # the first part's type
+    assert not accepted(guide, '{"a": -1}')  # the second part's bound
+    assert not accepted(guide, "null")  # object and [object, null]: only object

@@ -249,3 +249,27 @@ async def test_the_same_seed_gives_the_same_stream_in_another_server() -> None:
     assert len(first) > 40
     assert await stream(7) == first
     assert await stream(8) != first
+
+
+async def test_requests_that_give_up_while_queued_leave_no_trace() -> None:
+    sim = engine(sim_max_running=1, sim_max_waiting=5)
+    holder = sim.generate(request(max_tokens=3))
+    await anext(holder)
+    for _ in range(50):  # connect-and-drop, again and again: far more than the queue holds
+        stream = sim.generate(request())
+        task = asyncio.create_task(anext(stream))
+        await wait_all_tasks_blocked()
+        assert sim.waiting == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert sim.waiting == 0
+    closed = sim.generate(request())
+    task = asyncio.create_task(anext(closed))
+    await wait_all_tasks_blocked()
+    await closed.aclose()  # closed (not cancelled) while waiting
+    with pytest.raises(StopAsyncIteration):
+        await task
+    assert sim.waiting == 0
+    await holder.aclose()
+    assert sim.active_generations == 0

@@ -292,3 +292,12 @@ def test_the_rest_of_a_stream_with_a_call_after_text() -> None:
     tail, calls = rest_to_send(text, watch.released, TOOLS)
     assert tail == ""
     assert [c.name for c in calls] == ["now"]
+
+
+def test_text_around_a_call_with_leading_space_is_not_lost() -> None:
+    pieces = [" Sure. ", '<tool_call>{"name": "now", "arguments": {}}</tool_call>', " Done."]
+    sent, watch = watched(pieces)
+    assert "".join(sent) == " Sure. "
+    tail, calls = rest_to_send("".join(pieces), watch.released, TOOLS)
+    assert [c.name for c in calls] == ["now"]
+    assert tail.strip() == "Done."

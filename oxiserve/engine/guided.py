@@ -107,9 +107,9 @@ def decode(
             states, made = guide.feed(states, forced), made + count
         else:
             chosen = _choose(np.asarray(logits, dtype=np.float32), states, guide, table, eog,
-                             sampling, rng)  # fmt: skip
-            if chosen is None:  # end of generation, with a complete instance (or no way on)
-                return finish("eos")
+                             sampling, rng, cancelled)  # fmt: skip
+            if chosen is None:  # the model ended a complete instance, or no token goes on
+                return finish("eos" if guide.accepts(states) else "max_tokens")
             forced, states, made = chosen[1], chosen[2], made + 1
         pieces.append(forced)
         emit(forced)
@@ -129,6 +129,7 @@ def _choose(
     eog: frozenset[int],
     sampling: Sampling,
     rng: Any,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> Choice | None:
     """The token to write: sampled among the best ones the guide allows (greedy at
     temperature 0), with its text and the states after it; None to end here."""
@@ -150,9 +151,9 @@ def _choose(
     found = _sample(scores[top], top, sampling, rng, way) if sampling.temperature > 0 else None
     if found is None:  # greedy: the model's order, then further down it
         wider = np.argsort(scores)[::-1][: min(WIDE_K, len(scores))].tolist()
-        for token in wider:
+        for n, token in enumerate(wider):
             found = way(token)
-            if found is not None:
+            if found is not None or (n % 256 == 255 and cancelled()):
                 break
     return found if isinstance(found, tuple) else None  # END, or no way on: stop
 

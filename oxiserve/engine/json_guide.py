@@ -45,6 +45,10 @@ _INFERRED = (
 )
 _MAX_NODES = 20_000  # compiled schema nodes: a schema cannot make the guide unbounded
 _MAX_EXPANSIONS = 512  # frames tried for one character (a self-referencing anyOf ends)
+# Live states kept at most: a union of look-alike branches (a recursive anyOf of two array
+# types) doubles them with every character; keeping some of them narrows the instances the
+# guide allows, never past the valid ones, and bounds every step's work.
+MAX_STATES = 64
 _MAX_INT_DIGITS = 16
 _MAX_FRACTION_DIGITS = 15
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -292,6 +296,8 @@ class JsonGuide:
             following: set[Stack] = set()
             for stack in states:
                 _step(stack, char, following)
+                if len(following) >= MAX_STATES:
+                    break  # ways on enough: what is kept is still only valid instances
             states = frozenset(following)
         return states
 

@@ -265,9 +265,13 @@ class OxillamaEngine:
             fmt = request.response_format
             if fmt is not None and fmt.kind in ("json_object", "json_schema"):
                 return Guidance(JsonGuide(fmt.schema or {"type": "object"}))
-        except SchemaTooLarge as exc:
-            raise EngineError(f"The schema is too large to guide generation by: {exc}",
+        except (SchemaTooLarge, RecursionError) as exc:
+            reason = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise EngineError(f"The schema is too large to guide generation by: {reason}",
                               status=400, code="invalid_value") from None  # fmt: skip
+        except (TypeError, ValueError) as exc:  # a keyword of the wrong kind ({"allOf": 5})
+            raise EngineError(f"The schema is not a valid JSON schema: {exc}", status=400,
+                              code="invalid_value") from None  # fmt: skip
         return None
 
     def _call_guidance(self, request: GenerationRequest) -> Guidance:
@@ -433,6 +437,10 @@ class OxillamaStream:
         except asyncio.CancelledError:  # closed while it waited for an engine
             self._finish(None)
             raise
+        except Exception:  # whatever it is, the consumer must hear of it, not wait
+            log.exception("preparing the generation failed")
+            self._finish(EngineError("The engine failed while generating.", status=500))
+            return
         self._generating = True
         try:
             if self._closed:

@@ -281,12 +281,13 @@ class SimStream:
             except BaseException:
                 if _granted(waiter):
                     engine.release()  # the slot came as this was cancelled: pass it on
-                waiter.cancel()
+                engine.leave(waiter)
                 self._stop("cancelled")
                 raise
             finally:
                 self._waiter = None
             if not _granted(waiter):  # closed while it waited (_stop woke it)
+                engine.leave(waiter)
                 raise StopAsyncIteration
             if self._state is _State.DONE:  # closed once the slot was on its way
                 engine.release()
@@ -561,7 +562,14 @@ class SimEngine:
 
     @property
     def waiting(self) -> int:
-        return sum(1 for waiter in self._queue if not waiter.done())
+        return len(self._queue)  # a waiter that leaves is taken out at once (``leave``)
+
+    def leave(self, waiter: asyncio.Future[Any]) -> None:
+        """A queued request gave up (closed or cancelled): out of the queue now, so the
+        queue holds only requests still waiting, however many come and go."""
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            self._queue.remove(waiter)
 
     def load_factor(self) -> float:
         """How much latencies stretch now: linearly from 1 with one sequence running to

@@ -55,21 +55,44 @@ def checked_size(text: str) -> str:
 
 def merge_schemas(*parts: Mapping[str, Any]) -> dict[str, Any]:
     """Each part applied on top of the ones before, uniting properties and required lists;
-    one pass, however many parts (an allOf of 40,000 branches is linear work)."""
+    one pass, however many parts (an allOf of 40,000 branches is linear work).  A property
+    several parts describe must satisfy each (an ``allOf`` of them), and ``type``s intersect
+    (``number`` with ``integer`` is ``integer``); other keywords: the last part's."""
     merged: dict[str, Any] = {}
     props: dict[str, Any] = {}
     required: dict[str, None] = {}
+    types: list[Any] = []
     for part in parts:
         merged.update(part)
-        props.update(part.get("properties") or {})
+        declared = part.get("properties") or {}
+        if not isinstance(declared, Mapping):
+            raise TypeError("'properties' must be an object")
+        for name, sub in declared.items():
+            earlier = props.get(name)
+            props[name] = sub if earlier is None or earlier is sub else {"allOf": [earlier, sub]}
         required.update(dict.fromkeys(part.get("required") or ()))
+        if "type" in part:
+            types.append(part["type"])
     merged.pop("properties", None)
     merged.pop("required", None)
     if props:
         merged["properties"] = props
     if required:
         merged["required"] = list(required)
+    if len(types) > 1:
+        merged["type"] = _common_types(types)
     return merged
+
+
+def _common_types(types: list[Any]) -> list[str]:
+    """The types every one of ``types`` (strings or lists of them) allows."""
+    common: set[str] | None = None
+    for kind in types:
+        allowed = {kind} if isinstance(kind, str) else {k for k in kind if isinstance(k, str)}
+        if "number" in allowed:
+            allowed.add("integer")  # every integer is a number
+        common = allowed if common is None else common & allowed
+    return sorted(common or ())
 
 
 def _bound(value: object) -> float | None:

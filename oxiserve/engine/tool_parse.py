@@ -128,7 +128,8 @@ def rest_to_send(text: str, released: int, tools: Sequence[ToolSpec]) -> Found:
     sent = text[:released]
     if not calls:
         return text[released:], calls
-    for prefix in (sent, sent.rstrip()):
+    # The parsers strip the text left: what went out may have had spaces at either end.
+    for prefix in (sent, sent.rstrip(), sent.lstrip(), sent.strip()):
         if rest.startswith(prefix):
             return rest[len(prefix) :], calls
     return "", calls
