@@ -25,10 +25,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.catalog import OXISERVE
-from bench.load import LoadSpec, run_load
-from bench.procs import Pinning, ServerProcess
-from bench.scenarios import ChatStream, Target, Workload
+from bench.procs import Pinning
+from bench.run import measure_streams
+from bench.scenarios import Workload
 
 MAX_TOKENS = 256
 ROUNDS = 3  # of direct-then-served per configuration; the median is reported
@@ -122,25 +121,12 @@ async def _direct_in_subprocess(
 async def served_rate(
     model: str, workers: int, seconds: float, pinning: Pinning
 ) -> tuple[float, float | None]:
-    extra = ("--engine", "oxillama", "--model", model, "--engine-workers", str(workers),
+    flags = ("--engine", "oxillama", "--model", model, "--engine-workers", str(workers),
              "--threads", "1")  # fmt: skip
-    async with ServerProcess(OXISERVE.argv(extra), cpu=pinning.server_cpu) as server:
-        target = Target.parse(server.url)
-        workload = replace(WORKLOAD, model=Path(model).stem)
-        scenario = ChatStream(target, workload)
-        await run_load(target.host, target.port, scenario,
-                       LoadSpec(concurrency=workers, duration=0.5))  # fmt: skip
-        outcome = await run_load(
-            target.host, target.port, scenario,
-            LoadSpec(concurrency=workers, duration=seconds, timeout=60.0),
-            server_cpu=server.cpu_seconds,
-        )  # fmt: skip
-        summary = outcome.summary()
-        if summary.errors:
-            raise RuntimeError(f"errors while serving the engine: {summary.errors}")
-        cpu = summary.server_cpu_s
-        per_token = None if cpu is None or not summary.tokens else cpu / summary.tokens * 1e6
-        return summary.tokens_per_s, per_token
+    workload = replace(WORKLOAD, model=Path(model).stem)
+    summary, per_token = await measure_streams(flags, workload, workers, seconds,
+                                               pinning.server_cpu)  # fmt: skip
+    return summary.tokens_per_s, per_token
 
 
 async def measure(seconds: float = 3.0, pinning: Pinning | None = None) -> list[Overhead]:

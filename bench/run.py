@@ -165,3 +165,33 @@ def oxiserve_args(**sim: Any) -> tuple[str, ...]:
         if value is not None:
             args += [f"--{name.replace('_', '-')}", str(value)]
     return tuple(args)
+
+
+async def measure_streams(
+    flags: tuple[str, ...],
+    workload: Workload,
+    concurrency: int,
+    seconds: float,
+    cpu: int | None,
+    warmup: float = 0.5,
+) -> tuple[Summary, float | None]:
+    """Chat streams against an oxiserve started with ``flags`` on core ``cpu``: after a warm-up,
+    the summary of ``seconds`` of load and the server's CPU µs per token (None: unknown)."""
+    from bench.catalog import OXISERVE
+    from bench.scenarios import ChatStream
+
+    async with ServerProcess(OXISERVE.argv(flags), cpu=cpu) as server:
+        target = Target.parse(server.url)
+        scenario = ChatStream(target, workload)
+        await run_load(target.host, target.port, scenario,
+                       LoadSpec(concurrency=concurrency, duration=warmup))  # fmt: skip
+        outcome = await run_load(
+            target.host, target.port, scenario,
+            LoadSpec(concurrency=concurrency, duration=seconds, timeout=60.0),
+            server_cpu=server.cpu_seconds,
+        )  # fmt: skip
+    summary = outcome.summary()
+    if summary.errors:
+        raise RuntimeError(f"errors while measuring {flags}: {summary.errors}")
+    used = summary.server_cpu_s
+    return summary, None if used is None or not summary.tokens else used / summary.tokens * 1e6

@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.catalog import OXISERVE
-from bench.load import LoadSpec, run_load
-from bench.procs import Pinning, ServerProcess
-from bench.scenarios import ChatStream, Target, Workload
+from bench.procs import Pinning
+from bench.run import measure_streams
+from bench.scenarios import Workload
 
 ITL_MS = 20.0
 MAX_TOKENS = 256  # a typical answer: 5 s a stream, requests start and end all through
@@ -41,21 +40,10 @@ async def measure(seconds: float = 10.0, pinning: Pinning | None = None) -> list
     flags = ("--sim-itl-ms", str(ITL_MS), "--max-connections", "4096")
     results = []
     for concurrency in CONCURRENCY:
-        async with ServerProcess(OXISERVE.argv(flags), cpu=pinning.server_cpu) as server:
-            target = Target.parse(server.url)
-            scenario = ChatStream(target, Workload(max_tokens=MAX_TOKENS))
-            await run_load(target.host, target.port, scenario,
-                           LoadSpec(concurrency=concurrency, duration=1.0))  # fmt: skip
-            outcome = await run_load(
-                target.host, target.port, scenario,
-                LoadSpec(concurrency=concurrency, duration=seconds, timeout=60.0),
-                server_cpu=server.cpu_seconds,
-            )  # fmt: skip
-        summary = outcome.summary()
-        if summary.errors:
-            raise RuntimeError(f"errors while measuring the simulator: {summary.errors}")
-        cpu = summary.server_cpu_s
-        per_token = None if cpu is None or not summary.tokens else cpu / summary.tokens * 1e6
+        summary, per_token = await measure_streams(
+            flags, Workload(max_tokens=MAX_TOKENS), concurrency, seconds, pinning.server_cpu,
+            warmup=1.0,
+        )  # fmt: skip
         results.append(SimCost(concurrency, summary.tokens, summary.tokens_per_s, per_token))
     return results
 
