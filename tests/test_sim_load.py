@@ -14,24 +14,15 @@ import openai
 import pytest
 
 from oxiserve.config import Config
-from oxiserve.engine.base import EngineError, GenerationRequest
-from oxiserve.engine.sim import SimEngine, SimStream
+from oxiserve.engine.base import EngineError
+from oxiserve.engine.sim import SimStream
 from oxiserve.engine.sim_plan import make_plan, spread
 from oxiserve.engine.sim_text import count_tokens
 from tests.conftest import TIMEOUT, running, wait_all_tasks_blocked, wait_until
 from tests.test_metrics import sample, scrape
+from tests.test_sim_engine import engine, request
 
 CHAT: Any = [{"role": "user", "content": "Hello there"}]
-
-
-def engine(**overrides: Any) -> SimEngine:
-    return SimEngine(Config(**overrides))
-
-
-def request(**fields: Any) -> GenerationRequest:
-    fields.setdefault("model", "oxiserve-sim")
-    fields.setdefault("prompt", "Tell me something")
-    return GenerationRequest(**fields)
 
 
 async def test_64_requests_on_8_running_slots_queue_first_come_first_served() -> None:
