@@ -90,7 +90,7 @@ class Supervisor:
             for slot in self.slots:
                 self._start(slot, config)
             if not self._wait_ready():
-                return 1
+                return 0 if self._signals else 1  # stopped while starting, or a worker failed
             host = f"[{config.host}]" if ":" in config.host else config.host
             scheme = "https" if config.ssl_certfile else "http"
             from oxiserve.server import banner
@@ -140,7 +140,9 @@ class Supervisor:
         for slot in self.slots:
             assert slot.process is not None
             while not slot.ready.wait(0.1):
-                if not slot.process.is_alive() or self._signals or time.monotonic() > deadline:
+                if self._signals:
+                    return False  # stopped while starting: nothing to report
+                if not slot.process.is_alive() or time.monotonic() > deadline:
                     code = slot.process.exitcode
                     print(f"oxiserve: worker {slot.index} did not start (exit {code})",
                           file=sys.stderr, flush=True)  # fmt: skip
