@@ -12,7 +12,7 @@ RUN_DEPS := $(VENV)/.installed-oxillama
 RUN_ARGS := --engine oxillama --model $(MODEL)
 endif
 
-.PHONY: run test lint bench fmt readme clean demo-model browser
+.PHONY: run test lint bench fmt readme clean demo-model browser postgres
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,7 @@ demo-model: $(VENV)/.installed-oxillama
 	mkdir -p $(dir $(DEMO_MODEL))
 	$(BIN)/python -m oxiserve.engine.tiny_gguf --out $(DEMO_MODEL)
 
-test: $(VENV)/.installed-bench browser
+test: $(VENV)/.installed-bench browser postgres
 	$(BIN)/python -m pytest
 
 # the browser test's headless Chromium, from the system's packages where this machine allows it
@@ -55,6 +55,15 @@ browser:
 	      { apt-get update -q >/dev/null 2>&1 && \
 	        apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; }; } || \
 	  echo "note: chromium could not be installed here; tests/test_browser.py will skip"
+
+# the PostgreSQL store's tests start a private server: its programs, from the system's packages
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    { apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && \
+	        apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1; }; }; } || \
+	  echo "note: postgresql could not be installed here; the PostgreSQL store tests will skip"
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check oxiserve tests bench scripts

@@ -83,7 +83,8 @@ class Config:
     # Store and runs
     db: str = _opt(
         "oxiserve.db",
-        "SQLite file for assistants, threads, messages and runs (:memory: keeps nothing)",
+        "where assistants, threads, messages, runs and responses are kept: an SQLite file "
+        "(:memory: keeps nothing) or a postgresql://USER@HOST/DB URL (the [postgres] extra)",
     )
     response_retention: float = _opt(
         600.0,

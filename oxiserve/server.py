@@ -37,7 +37,7 @@ from oxiserve.jobs import JobSupervisor
 from oxiserve.metrics import Metrics
 from oxiserve.runs.manager import Runs
 from oxiserve.runs.worker import RunContext
-from oxiserve.store.sqlite import SqliteStore
+from oxiserve.store import StoreError, open_store
 
 log = logging.getLogger("oxiserve")
 
@@ -106,7 +106,10 @@ class Server:
         loop = asyncio.get_running_loop()
         tls = self._tls()  # a bad certificate stops the start before anything is opened
         engine = self._engine or create_engine(self.config, load=False)
-        store = await SqliteStore.open(self.config.db)
+        try:
+            store = await open_store(self.config.db)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
         try:
             jobs = JobSupervisor(self.config.job_retention, max_retained=self.config.retained_jobs)
             metrics = Metrics(self._gauges(engine, jobs), runs=lambda: runs.statuses())

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import selectors
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -15,6 +16,8 @@ import openai
 import pytest
 
 from oxiserve import Config, Server
+from tests.postgres import PrivatePostgres
+from tests.postgres import unavailable as postgres_unavailable
 
 TIMEOUT = 5.0
 T = TypeVar("T")
@@ -290,3 +293,18 @@ def run_on_mock_clock(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``main()`` to completion on a fresh ``MockClockLoop`` (from a synchronous test)."""
     with asyncio.Runner(loop_factory=MockClockLoop) as runner:
         return runner.run(main())
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    why = postgres_unavailable()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL store tests: {why}")
+        pytest.skip(why)
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -1,4 +1,5 @@
-"""SqliteStore: scoping, cascades, pagination, batching, migrations, its thread and durability."""
+"""The stores: scoping, cascades and pagination on SQLite and PostgreSQL alike; SqliteStore's
+batching, migrations, thread and durability."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oxiserve.store import Kind, Order, Page, Record, SqliteStore, StoreError
+from oxiserve.store.postgres import PostgresStore
 from oxiserve.store.sqlite import MIGRATIONS
 
 TIMEOUT = 5.0
@@ -31,8 +33,21 @@ async def within(awaitable: Awaitable[T]) -> T:
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[SqliteStore]:
+async def sqlite_store() -> AsyncIterator[SqliteStore]:
     opened = await within(SqliteStore.open(":memory:"))
+    yield opened
+    await within(opened.close())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """Each implementation of the store, on an empty database (the generic tests run on
+    both; the ones about SQLite's thread and files use ``SqliteStore`` themselves)."""
+    if request.param == "sqlite":
+        opened: Any = await within(SqliteStore.open(":memory:"))
+    else:
+        server = request.getfixturevalue("private_postgres")
+        opened = await within(PostgresStore.open(server.new_database()))
     yield opened
     await within(opened.close())
 
@@ -65,10 +80,10 @@ async def test_put_get_round_trip_keeps_nested_json_and_unicode(store: SqliteSto
     assert await within(store.get(Kind.ASSISTANT, "asst_2")) is None
 
 
-async def test_put_of_nothing_returns_at_once(store: SqliteStore) -> None:
-    before = store.statistics()
-    await within(store.put())
-    assert store.statistics() == before
+async def test_put_of_nothing_returns_at_once(sqlite_store: SqliteStore) -> None:
+    before = sqlite_store.statistics()
+    await within(sqlite_store.put())
+    assert sqlite_store.statistics() == before
 
 
 async def test_changing_the_dict_after_put_does_not_change_what_is_stored(
@@ -357,38 +372,45 @@ def test_pages_match_a_model_over_random_puts_and_deletes(steps: list[tuple[str,
 # Batching and failures
 
 
-async def test_many_concurrent_puts_all_land_in_fewer_transactions(store: SqliteStore) -> None:
-    before = store.statistics()
-    await within(asyncio.gather(*(store.put(message(f"m{n:03}")) for n in range(500))))
-    after = store.statistics()
+async def test_many_concurrent_puts_all_land_in_fewer_transactions(
+    sqlite_store: SqliteStore,
+) -> None:
+    before = sqlite_store.statistics()
+    await within(asyncio.gather(*(sqlite_store.put(message(f"m{n:03}")) for n in range(500))))
+    after = sqlite_store.statistics()
     assert after.operations - before.operations == 500
     assert after.transactions - before.transactions < 500
-    page = await within(store.list(Kind.MESSAGE, "thread_1", limit=1000, order="asc"))
+    page = await within(sqlite_store.list(Kind.MESSAGE, "thread_1", limit=1000, order="asc"))
     assert [body["id"] for body in page.data] == [f"m{n:03}" for n in range(500)]
 
 
-async def test_a_failing_call_fails_alone_in_its_batch(store: SqliteStore) -> None:
-    release, held = hold(store)
+async def test_a_failing_call_fails_alone_in_its_batch(sqlite_store: SqliteStore) -> None:
+    release, held = hold(sqlite_store)
     bad = Record(Kind.MESSAGE, None, {"id": "bad"})  # type: ignore[arg-type]  # NOT NULL fails
-    before = store.statistics()
+    before = sqlite_store.statistics()
     calls = [
-        asyncio.ensure_future(store.put(message("m1"))),
-        asyncio.ensure_future(store.put(message("m2"), bad)),
-        asyncio.ensure_future(store.put(message("m3"))),
-        asyncio.ensure_future(store.get(Kind.MESSAGE, "m1")),
+        asyncio.ensure_future(sqlite_store.put(message("m1"))),
+        asyncio.ensure_future(sqlite_store.put(message("m2"), bad)),
+        asyncio.ensure_future(sqlite_store.put(message("m3"))),
+        asyncio.ensure_future(sqlite_store.get(Kind.MESSAGE, "m1")),
     ]
     await asyncio.sleep(0)  # one turn: each call has queued its operation behind the held one
     release.set()
     await within(held)
     results = await within(asyncio.gather(*calls, return_exceptions=True))
-    assert store.statistics().transactions - before.transactions <= 2  # held one, then the rest
+    assert (
+        sqlite_store.statistics().transactions - before.transactions <= 2
+    )  # held one, then the rest
     assert results[0] is None
     assert isinstance(results[1], StoreError)
     assert isinstance(results[1].__cause__, sqlite3.IntegrityError)
     assert results[2] is None
     assert results[3] == {"id": "m1"}  # it read the batch's own write
     # The failing call's other record was rolled back with it.
-    assert await ids(store.list(Kind.MESSAGE, "thread_1", order="asc")) == (["m1", "m3"], False)
+    assert await ids(sqlite_store.list(Kind.MESSAGE, "thread_1", order="asc")) == (
+        ["m1", "m3"],
+        False,
+    )
 
 
 async def test_a_body_orjson_cannot_encode_fails_that_put_at_once(store: SqliteStore) -> None:
@@ -403,15 +425,15 @@ class Crash(BaseException):
 
 
 async def test_if_the_thread_fails_every_waiting_and_later_call_gets_store_error(
-    store: SqliteStore, caplog: pytest.LogCaptureFixture
+    sqlite_store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    release, held = hold(store)
+    release, held = hold(sqlite_store)
 
     def crash(conn: sqlite3.Connection) -> None:
         raise Crash
 
-    crashed = store._writer.submit(crash, writes=True)
-    queued = asyncio.ensure_future(store.put(message("m1")))
+    crashed = sqlite_store._writer.submit(crash, writes=True)
+    queued = asyncio.ensure_future(sqlite_store.put(message("m1")))
     await asyncio.sleep(0)  # one turn: the put is queued behind the crash
     with caplog.at_level(logging.CRITICAL, logger="oxiserve.store"):
         release.set()
@@ -425,7 +447,7 @@ async def test_if_the_thread_fails_every_waiting_and_later_call_gets_store_error
         "the store's thread failed; the store is unusable"
     ]
     with pytest.raises(StoreError, match="thread failed"):
-        await within(store.get(Kind.MESSAGE, "m1"))
+        await within(sqlite_store.get(Kind.MESSAGE, "m1"))
 
 
 async def test_sqlite_runs_only_on_the_store_thread(monkeypatch: pytest.MonkeyPatch) -> None:
