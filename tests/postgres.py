@@ -46,6 +46,7 @@ class PrivatePostgres:
         self.data = self.root / "data"
         self.port = _free_port()
         self._names = itertools.count()
+        self._kept: dict[str, str] = {}
         self._prefix: list[str] = []
         if os.geteuid() == 0:  # initdb will not run as root: as the postgres user, if any
             self._prefix = ["runuser", "-u", "postgres", "--"]
@@ -76,6 +77,12 @@ class PrivatePostgres:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
+
+    def kept_database(self, key: str) -> str:
+        """The same database for every call with ``key`` (made at the first)."""
+        if key not in self._kept:
+            self._kept[key] = self.new_database()
+        return self._kept[key]
 
     def stop(self) -> None:
         pg_ctl = _tool("pg_ctl")

@@ -4,6 +4,7 @@ batching, migrations, thread and durability."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -19,9 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oxiserve.store import Kind, Order, Page, Record, SqliteStore, StoreError
+from oxiserve.store import Kind, Order, Page, Record, SqliteStore, StoreError, open_store
 from oxiserve.store.postgres import PostgresStore
 from oxiserve.store.sqlite import MIGRATIONS
+from tests.postgres import PrivatePostgres
 
 TIMEOUT = 5.0
 ROOT = str(Path(__file__).resolve().parents[1])  # the child process imports oxiserve from here
@@ -327,8 +329,8 @@ async def walk(
     raise AssertionError("the walk did not end")
 
 
-async def check_against_model(steps: list[tuple[str, ...]]) -> None:
-    store = await within(SqliteStore.open(":memory:"))
+async def check_against_model(steps: list[tuple[str, ...]], db: str = ":memory:") -> None:
+    store: Any = await within(open_store(db))
     model = Model()
     try:
         for step in steps:
@@ -367,6 +369,19 @@ async def check_against_model(steps: list[tuple[str, ...]]) -> None:
 @given(steps=st.lists(STEP, max_size=25))
 def test_pages_match_a_model_over_random_puts_and_deletes(steps: list[tuple[str, ...]]) -> None:
     asyncio.run(check_against_model(steps))
+
+
+@settings(max_examples=30, deadline=None)
+@given(steps=st.lists(STEP, max_size=25))
+def test_postgres_pages_match_the_model_too(
+    private_postgres: PrivatePostgres, steps: list[tuple[str, ...]]
+) -> None:
+    import psycopg
+
+    db = private_postgres.kept_database("model")  # one database, emptied for each example
+    with contextlib.suppress(psycopg.errors.UndefinedTable), psycopg.connect(db) as conn:
+        conn.execute("DELETE FROM objects")
+    asyncio.run(check_against_model(steps, db))
 
 
 # Batching and failures
