@@ -578,3 +578,33 @@ async def test_a_put_that_returned_survives_sigkill(tmp_path: Path) -> None:
     store = await within(SqliteStore.open(path))
     assert await within(store.get(Kind.THREAD, "thread_1")) == {"id": "thread_1", "n": 1}
     await within(store.close())
+
+
+async def test_a_postgres_failure_is_a_store_error(private_postgres: PrivatePostgres) -> None:
+    import psycopg
+
+    db = private_postgres.new_database()
+    store = await within(PostgresStore.open(db))
+    try:
+        await within(store.put(message("m1")))
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("DROP TABLE objects")  # the database changes under the store
+        with pytest.raises(StoreError, match="the operation failed"):
+            await within(store.get(Kind.MESSAGE, "m1"))
+    finally:
+        await within(store.close())
+    with pytest.raises(StoreError, match="closed"):
+        await store.get(Kind.MESSAGE, "m1")
+
+
+async def test_a_postgres_schema_from_a_newer_oxiserve_is_refused(
+    private_postgres: PrivatePostgres,
+) -> None:
+    import psycopg
+
+    db = private_postgres.new_database()
+    await within((await within(PostgresStore.open(db))).close())
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("INSERT INTO oxiserve_schema VALUES (99)")
+    with pytest.raises(StoreError, match="newer than this oxiserve knows"):
+        await within(PostgresStore.open(db))

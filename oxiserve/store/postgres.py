@@ -77,9 +77,9 @@ def _body(raw: Any) -> Body:
 class PostgresStore:
     """:class:`~oxiserve.store.base.Store` on PostgreSQL (see the module docstring)."""
 
-    def __init__(self, pool: Any, psycopg: Any, url: str) -> None:
+    def __init__(self, pool: Any, failures: tuple[type[BaseException], ...], url: str) -> None:
         self._pool = pool
-        self._psycopg = psycopg
+        self._failures = failures  # the database's errors, and no connection free in time
         self._url = url
         self._closed = False
 
@@ -99,7 +99,7 @@ class PostgresStore:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             raise StoreError(f"{_safe(url)}: cannot open the store: {_line(exc)}") from None
-        return cls(pool, psycopg, url)
+        return cls(pool, (psycopg.Error, psycopg_pool.PoolTimeout), url)
 
     async def _run(self, work: Any) -> Any:
         """``work(conn)`` in one transaction; a database failure is a StoreError."""
@@ -108,7 +108,7 @@ class PostgresStore:
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 return await work(conn)
-        except self._psycopg.Error as exc:
+        except self._failures as exc:
             error = StoreError(f"the operation failed: {exc}")
             error.__cause__ = exc
             raise error from None
