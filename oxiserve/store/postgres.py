@@ -17,38 +17,20 @@ from typing import Any, cast
 import orjson
 
 from oxiserve.store.base import Kind, Order, Page, Record, StoreError
-
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE objects (
-        seq BIGSERIAL PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        kind TEXT NOT NULL,
-        owner TEXT NOT NULL,
-        thread_id TEXT NOT NULL,
-        parent TEXT NOT NULL,
-        run_id TEXT NOT NULL,
-        status TEXT NOT NULL,
-        body BYTEA NOT NULL
-    );
-    CREATE INDEX objects_list ON objects (kind, owner, parent, seq);
-    CREATE INDEX objects_run ON objects (kind, owner, parent, run_id, seq);
-    CREATE INDEX objects_status ON objects (kind, status, seq);
-    CREATE INDEX objects_thread ON objects (thread_id);
-    CREATE INDEX objects_parent ON objects (parent);
-    """,
+from oxiserve.store.queries import (
+    PageQuery,
+    check_limit,
+    cursor_sql,
+    encode,
+    first_schema,
+    upsert_sql,
 )
+
+MIGRATIONS: tuple[str, ...] = (first_schema("BIGSERIAL PRIMARY KEY", "BYTEA"),)
 _LOCK = 0x6F78697365727665  # pg_advisory_xact_lock key of the migrations ("oxiserve")
 POOL_MAX = 8
 
-_UPSERT = """
-INSERT INTO objects (id, kind, owner, thread_id, parent, run_id, status, body)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (id) DO UPDATE SET
-    thread_id = excluded.thread_id,
-    parent = excluded.parent, run_id = excluded.run_id, status = excluded.status,
-    body = excluded.body
-"""
+_UPSERT = upsert_sql("%s")
 _SCOPE = "kind = %s AND owner = %s"
 Body = dict[str, Any]
 
@@ -62,12 +44,6 @@ def _module() -> tuple[Any, Any]:
             "a postgresql:// store needs the [postgres] extra: pip install 'oxiserve[postgres]'"
         ) from None
     return psycopg, psycopg_pool
-
-
-def _encode(record: Record) -> tuple[Any, ...]:
-    body = record.body if isinstance(record.body, dict) else dict(record.body)
-    fields = (record.kind, record.owner, record.thread_id, record.parent, record.run_id)
-    return (record.id, *fields, record.status, orjson.dumps(body))
 
 
 def _body(raw: Any) -> Body:
@@ -116,7 +92,7 @@ class PostgresStore:
     async def put(self, *records: Record) -> None:
         if not records:
             return
-        rows = [_encode(record) for record in records]  # now: the caller may change its dicts
+        rows = [encode(record) for record in records]  # now: the caller may change its dicts
 
         async def put(conn: Any) -> None:
             async with conn.cursor() as cursor:
@@ -155,45 +131,26 @@ class PostgresStore:
         run_id: str | None = None,
         owner: str = "",
     ) -> Page:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
-        if order not in ("asc", "desc"):
-            raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
+        query = PageQuery(kind, parent, owner, limit, order, after, before, run_id)
 
         async def page(conn: Any) -> Page:
-            where = [_SCOPE, "parent = %s"]
-            args: list[Any] = [kind, owner, parent]
-            if run_id is not None:
-                where.append("run_id = %s")
-                args.append(run_id)
-            ascending = order == "asc"
-            for cursor, later in ((after, ascending), (before, not ascending)):
-                if cursor is not None:
-                    sql = f"SELECT seq FROM objects WHERE id = %s AND {_SCOPE} AND parent = %s"
-                    found = await conn.execute(sql, (cursor, kind, owner, parent))
-                    row = await found.fetchone()
-                    if row is None:
-                        return Page([], has_more=False)
-                    where.append("seq > %s" if later else "seq < %s")
-                    args.append(row[0])
-            # `before` alone: the page just before it, read towards the start, turned round.
-            backwards = before is not None and after is None
-            direction = "ASC" if ascending != backwards else "DESC"
-            sql = (f"SELECT body FROM objects WHERE {' AND '.join(where)} "
-                   f"ORDER BY seq {direction} LIMIT %s")  # fmt: skip
-            rows = await (await conn.execute(sql, [*args, limit + 1])).fetchall()
-            data = [_body(body) for (body,) in rows[:limit]]
-            if backwards:
-                data.reverse()
-            return Page(data, has_more=len(rows) > limit)
+            bounds = []
+            for cursor, later in query.cursors():
+                found = await conn.execute(cursor_sql("%s"), query.cursor_args(cursor))
+                row = await found.fetchone()
+                if row is None:
+                    return Page([], has_more=False)
+                bounds.append((row[0], later))
+            sql, args = query.sql("%s", bounds)
+            rows = await (await conn.execute(sql, args)).fetchall()
+            return query.page([bytes(body) for (body,) in rows])
 
         return cast(Page, await self._run(page))
 
     async def find(
         self, kind: Kind, statuses: Collection[str], *, limit: int = 1000
     ) -> Sequence[Body]:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
+        check_limit(limit)
         wanted = [*statuses]
         if not wanted:
             return []

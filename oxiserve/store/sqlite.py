@@ -23,39 +23,21 @@ from typing import Any, TypeVar, cast
 import orjson
 
 from oxiserve.store.base import Kind, Order, Page, Record, StoreError
+from oxiserve.store.queries import (
+    PageQuery,
+    check_limit,
+    cursor_sql,
+    encode,
+    first_schema,
+    upsert_sql,
+)
 
 # Each script runs once, in order; PRAGMA user_version counts the ones a database has had.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE objects (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        kind TEXT NOT NULL,
-        owner TEXT NOT NULL,
-        thread_id TEXT NOT NULL,
-        parent TEXT NOT NULL,
-        run_id TEXT NOT NULL,
-        status TEXT NOT NULL,
-        body BLOB NOT NULL
-    );
-    CREATE INDEX objects_list ON objects (kind, owner, parent, seq);
-    CREATE INDEX objects_run ON objects (kind, owner, parent, run_id, seq);
-    CREATE INDEX objects_status ON objects (kind, status, seq);
-    CREATE INDEX objects_thread ON objects (thread_id);
-    CREATE INDEX objects_parent ON objects (parent);
-    """,
-)
+MIGRATIONS: tuple[str, ...] = (first_schema("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),)
 
 BATCH_LIMIT = 256  # operations per transaction: bounds how long one commit keeps callers waiting
 
-_UPSERT = """
-INSERT INTO objects (id, kind, owner, thread_id, parent, run_id, status, body)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET
-    thread_id = excluded.thread_id,
-    parent = excluded.parent, run_id = excluded.run_id, status = excluded.status,
-    body = excluded.body
-"""
+_UPSERT = upsert_sql("?")
 _SCOPE = "kind = ? AND owner = ?"
 
 log = logging.getLogger("oxiserve.store")
@@ -243,53 +225,18 @@ class _Writer:
             _answer(op, error=error)
 
 
-@dataclass(frozen=True, slots=True)
-class _ListQuery:
-    kind: Kind
-    parent: str
-    owner: str
-    limit: int
-    order: Order
-    after: str | None
-    before: str | None
-    run_id: str | None
+def _read_page(query: PageQuery) -> Work[Page]:
+    def read(conn: sqlite3.Connection) -> Page:
+        bounds = []
+        for cursor, later in query.cursors():
+            row = conn.execute(cursor_sql("?"), query.cursor_args(cursor)).fetchone()
+            if row is None:
+                return Page([], has_more=False)
+            bounds.append((row[0], later))
+        sql, args = query.sql("?", bounds)
+        return query.page([body for (body,) in conn.execute(sql, args).fetchall()])
 
-    def __call__(self, conn: sqlite3.Connection) -> Page:
-        where = [_SCOPE, "parent = ?"]
-        args: list[Any] = [self.kind, self.owner, self.parent]
-        if self.run_id is not None:
-            where.append("run_id = ?")
-            args.append(self.run_id)
-        ascending = self.order == "asc"
-        for cursor, later in ((self.after, ascending), (self.before, not ascending)):
-            if cursor is not None:
-                row = conn.execute(
-                    f"SELECT seq FROM objects WHERE id = ? AND {_SCOPE} AND parent = ?",
-                    (cursor, self.kind, self.owner, self.parent),
-                ).fetchone()
-                if row is None:
-                    return Page([], has_more=False)
-                where.append("seq > ?" if later else "seq < ?")
-                args.append(row[0])
-        # `before` alone asks for the previous page: the `limit` records next to it, so read
-        # towards the start of the list and turn the page round.
-        backwards = self.before is not None and self.after is None
-        direction = "ASC" if ascending != backwards else "DESC"
-        rows = conn.execute(
-            f"SELECT body FROM objects WHERE {' AND '.join(where)} ORDER BY seq {direction} "
-            "LIMIT ?",
-            [*args, self.limit + 1],
-        ).fetchall()
-        data = [orjson.loads(body) for (body,) in rows[: self.limit]]
-        if backwards:
-            data.reverse()
-        return Page(data, has_more=len(rows) > self.limit)
-
-
-def _encode(record: Record) -> tuple[Any, ...]:
-    body = record.body if isinstance(record.body, dict) else dict(record.body)
-    fields = (record.kind, record.owner, record.thread_id, record.parent, record.run_id)
-    return (record.id, *fields, record.status, orjson.dumps(body))
+    return read
 
 
 class SqliteStore:
@@ -322,7 +269,7 @@ class SqliteStore:
     async def put(self, *records: Record) -> None:
         if not records:
             return
-        rows = [_encode(record) for record in records]  # now: the caller may change its dicts
+        rows = [encode(record) for record in records]  # now: the caller may change its dicts
 
         def put(conn: sqlite3.Connection) -> None:
             conn.executemany(_UPSERT, rows)
@@ -360,18 +307,13 @@ class SqliteStore:
         run_id: str | None = None,
         owner: str = "",
     ) -> Page:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
-        if order not in ("asc", "desc"):
-            raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
-        query = _ListQuery(kind, parent, owner, limit, order, after, before, run_id)
-        return await self._call(query, writes=False)
+        query = PageQuery(kind, parent, owner, limit, order, after, before, run_id)
+        return await self._call(_read_page(query), writes=False)
 
     async def find(
         self, kind: Kind, statuses: Collection[str], *, limit: int = 1000
     ) -> Sequence[Body]:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
+        check_limit(limit)
         wanted = [*statuses]
         if not wanted:
             return []
