@@ -12,7 +12,7 @@ RUN_DEPS := $(VENV)/.installed-oxillama
 RUN_ARGS := --engine oxillama --model $(MODEL)
 endif
 
-.PHONY: run test lint bench fmt readme clean demo-model browser postgres
+.PHONY: run test lint bench fmt readme clean demo-model browser postgres redis
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,7 @@ demo-model: $(VENV)/.installed-oxillama
 	mkdir -p $(dir $(DEMO_MODEL))
 	$(BIN)/python -m oxiserve.engine.tiny_gguf --out $(DEMO_MODEL)
 
-test: $(VENV)/.installed-bench browser postgres
+test: $(VENV)/.installed-bench browser postgres redis
 	$(BIN)/python -m pytest
 
 # the browser test's headless Chromium, from the system's packages where this machine allows it
@@ -64,6 +64,15 @@ postgres:
 	      { apt-get update -q >/dev/null 2>&1 && \
 	        apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1; }; }; } || \
 	  echo "note: postgresql could not be installed here; the PostgreSQL store tests will skip"
+
+# the Redis bus's tests start a private server: redis-server, from the system's packages
+redis:
+	@command -v redis-server >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    { apt-get install -y -q --no-install-recommends redis-server >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && \
+	        apt-get install -y -q --no-install-recommends redis-server >/dev/null 2>&1; }; }; } || \
+	  echo "note: redis-server could not be installed here; the Redis bus tests will skip"
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check oxiserve tests bench scripts

@@ -86,6 +86,16 @@ class Config:
         "where assistants, threads, messages, runs and responses are kept: an SQLite file "
         "(:memory: keeps nothing) or a postgresql://USER@HOST/DB URL (the [postgres] extra)",
     )
+    bus: str = _opt(
+        "",
+        "share runs, background responses and their live events between processes and "
+        "replicas: a redis://HOST:PORT/N URL (the [redis] extra; needs a shared --db)",
+    )
+    lease_timeout: float = _opt(
+        15.0,
+        "with --bus: seconds after which a job whose replica stopped renewing its lease is "
+        "failed by another replica",
+    )
     response_retention: float = _opt(
         600.0,
         "seconds a background response's events stay in memory for resumed streams "
@@ -257,6 +267,13 @@ class Config:
             problems.append("run_timeout must be positive")
         if self.stream_buffer < 2:
             problems.append("stream_buffer must be at least 2")
+        if self.bus and not self.bus.startswith(("redis://", "rediss://", "unix://")):
+            problems.append("bus must be a redis://HOST:PORT/N URL")
+        if self.bus and self.db == ":memory:":
+            problems.append("--bus needs a store the replicas share (--db postgresql://... or "
+                            "an SQLite file), not :memory:")  # fmt: skip
+        if self.lease_timeout <= 0:
+            problems.append("lease_timeout must be positive")
         if 0 < self.max_buffered_bytes < 64 * 1024:
             problems.append("max_buffered_bytes must be 0 (no bound) or at least 65536 (a piece)")
         if problems:

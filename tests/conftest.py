@@ -18,6 +18,8 @@ import pytest
 from oxiserve import Config, Server
 from tests.postgres import PrivatePostgres
 from tests.postgres import unavailable as postgres_unavailable
+from tests.redis_server import PrivateRedis
+from tests.redis_server import unavailable as redis_unavailable
 
 TIMEOUT = 5.0
 T = TypeVar("T")
@@ -308,3 +310,18 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def private_redis() -> Iterator[PrivateRedis]:
+    why = redis_unavailable()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Redis bus tests: {why}")
+        pytest.skip(why)
+    server = PrivateRedis()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -80,11 +80,16 @@ class RecoveryLog:
         self.pieces[key] = []
         return 0
 
-    def add_control(self, seq: int, frame: bytes) -> None:
-        """Keep control ``frame``, published with sequence number ``seq``, after the text so far."""
+    def add_control(self, seq: int, frame: bytes, lengths: dict[int, int] | None = None) -> None:
+        """Keep control ``frame``, published with sequence number ``seq``, after the text so far
+        (or after ``lengths`` of it: a log rebuilt elsewhere knows where each came)."""
         self._control_seqs.append(seq)
         self._controls.append(frame)
-        self._control_lengths.append(dict(self.lengths))
+        self._control_lengths.append(dict(self.lengths if lengths is None else lengths))
+
+    def controls(self) -> list[tuple[int, bytes, dict[int, int]]]:
+        """Every control frame kept: (its sequence number, the frame, the text lengths before)."""
+        return list(zip(self._control_seqs, self._controls, self._control_lengths, strict=True))
 
     def length(self, key: int = 0) -> int:
         return self.lengths.get(key, 0)

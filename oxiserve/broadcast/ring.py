@@ -31,7 +31,7 @@ def _window(ring: list[_T], start: int, stop: int) -> list[_T]:
 class FrameRing:
     """The last ``capacity`` frames; a text frame also has its key and the key's length after it."""
 
-    __slots__ = ("ends", "frames", "keys", "mask")
+    __slots__ = ("ends", "floor", "frames", "keys", "mask")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -41,6 +41,7 @@ class FrameRing:
         self.frames: list[bytes] = [b""] * size
         self.keys: list[int] = [CONTROL] * size
         self.ends: list[int] = [0] * size  # a text frame's key's accumulated length after it
+        self.floor = 0  # the first frame ever put (a topic resumed elsewhere starts above 0)
 
     @property
     def capacity(self) -> int:
@@ -55,7 +56,7 @@ class FrameRing:
 
     def holds(self, cursor: int, head: int) -> bool:
         """Whether frames ``cursor..head`` (``head`` the next to be put) are all still held."""
-        return head - cursor <= self.mask + 1
+        return head - cursor <= self.mask + 1 and cursor >= self.floor
 
     def since(self, cursor: int, head: int, delivered: dict[int, int]) -> list[bytes]:
         """Frames ``cursor..head`` (``holds`` must be true); advances ``delivered``, the text

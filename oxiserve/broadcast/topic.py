@@ -80,6 +80,30 @@ class Topic:
         self._max_lag = 0
         self.on_lag: Callable[[int], None] | None = None  # told of each lag event (metrics)
 
+    @classmethod
+    def resumed(
+        cls,
+        capacity: int,
+        seq: int,
+        texts: dict[int, str],
+        controls: list[tuple[int, bytes, dict[int, int]]],
+        encode_text: TextEncoder | None = None,
+        encode_catch_up: CatchUpEncoder | None = None,
+    ) -> Topic:
+        """A topic rebuilt at frame ``seq`` of a stream published elsewhere: the frames before
+        ``seq`` are not held, only what recovers them (the ``texts`` so far per key and the
+        ``controls`` before ``seq``), so a cursor below ``seq`` gets ``Lagged``, exactly as a
+        reader the ring overran.  The frames from ``seq`` on are published into it as usual."""
+        topic = cls(capacity, encode_text, encode_catch_up)
+        for key, text in texts.items():
+            topic._log.open_key(key)
+            if text:
+                topic._log.add_text(key, text)
+        for at, frame, lengths in controls:
+            topic._log.add_control(at, frame, lengths)
+        topic._seq = topic._ring.floor = seq
+        return topic
+
     @property
     def capacity(self) -> int:
         return self._ring.capacity
@@ -140,6 +164,23 @@ class Topic:
         self._closed = True
         wake(self._waiters)
         wake(self._close_waiters)
+
+    def controls(self) -> list[tuple[int, bytes, dict[int, int]]]:
+        """Every control frame so far, with the text lengths it followed (``RecoveryLog``)."""
+        return self._log.controls()
+
+    def keys(self) -> list[int]:
+        """The text keys published so far."""
+        return list(self._log.lengths)
+
+    def held(self, cursor: int) -> list[tuple[bytes, int, int]] | None:
+        """Frames ``cursor..seq`` as (frame, key, the key's text length after it; key -1 for a
+        control frame), or None if the ring no longer holds them all."""
+        head, ring = self._seq, self._ring
+        if not ring.holds(cursor, head):
+            return None
+        return [(ring.frames[i & ring.mask], ring.keys[i & ring.mask], ring.ends[i & ring.mask])
+                for i in range(cursor, head)]  # fmt: skip
 
     def length(self, key: int = 0) -> int:
         """How many characters of text were published for ``key`` (O(1))."""

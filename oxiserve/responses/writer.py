@@ -140,6 +140,19 @@ class ResponseWriter:
 
     # --- for readers that lag or resume ------------------------------------------------------
 
+    def follow(self, index: int, item_id: str) -> None:
+        """Track item ``index`` of a response written elsewhere (another replica's): its
+        deltas are then noted one by one (``noted``), so ``catch_up`` and ``delivered_at``
+        answer as the writer's own."""
+        if index not in self._items:
+            self._items[index] = item_id
+            self._templates[index] = objects.DeltaTemplate(item_id, index)
+            self.ends[index], self.seqs[index] = array("q"), array("q")
+
+    def noted(self, index: int, seq: int, end: int) -> None:
+        self.ends[index].append(end)
+        self.seqs[index].append(seq)
+
     def catch_up(self, key: int, text: str, start: int) -> bytes:
         """One delta with ``text`` (what a reader missed of item ``key`` from ``start``), with
         the sequence number of the last delta it stands for: numbers only ever increase."""

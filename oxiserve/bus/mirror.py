@@ -1,0 +1,138 @@
+"""The owner's side: one topic generation mirrored into Redis, a batch per flush.
+
+The mirror does not copy frames as they are published: it reads what is new from the topic
+itself (``Topic.held``: the ring's frames with their keys and text ends) when the bus flushes,
+so a burst of tokens between two flushes is one ``XADD``.  If the ring overran what the bus
+had not flushed yet (Redis was slow, or down), the mirror starts a new generation from a
+snapshot of the topic, so what remote readers get is exact either way.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+from oxiserve.broadcast import Topic
+from oxiserve.bus.entries import END, Batch, encode_control
+
+__all__ = ["Mirror", "prefix"]
+
+KeyId = Callable[[int], str]
+# A key's text frames so far: their sequence numbers and the text lengths after them.
+Layout = Callable[[int], tuple["array[int]", "array[int]"]]
+
+
+def prefix(job_id: str) -> str:
+    """A job's keys: one hash tag, so a Redis Cluster keeps them on one shard."""
+    return f"oxi:{{{job_id}}}:"
+
+
+class Mirror:
+    """See the module docstring.  ``commands`` adds what is new to a pipeline."""
+
+    __slots__ = (
+        "_key_id", "_known", "_layout", "_lengths", "_retention", "_sent", "broken", "capacity",
+        "finished", "gen", "job_id", "kind", "queued", "started", "topic",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        job_id: str,
+        kind: str,
+        topic: Topic,
+        key_id: KeyId,
+        retention: float,
+        layout: Layout | None = None,
+    ) -> None:
+        self.job_id, self.kind, self.topic = job_id, kind, topic
+        self._key_id = key_id
+        self._layout = layout
+        self._retention = retention
+        self.capacity = topic.capacity
+        self.gen = os.urandom(4).hex()
+        self._sent = 0  # frames flushed
+        self._lengths: dict[int, int] = {}  # text lengths after them
+        self._known: set[int] = set()  # text keys whose id is in the hash
+        self.started = False
+        self.broken = False  # a flush failed: the next one starts a new generation
+        self.finished = False  # its end is in Redis
+        self.queued = False
+
+    def keys(self, name: str) -> str:
+        return f"{prefix(self.job_id)}{self.gen}:{name}"
+
+    def commands(self, pipe: Any, alive_ttl_ms: int) -> None:
+        """Add this flush's commands to ``pipe`` (a redis pipeline)."""
+        if self.finished:
+            return
+        topic = self.topic
+        held = None if self.broken else topic.held(self._sent)
+        if held is None:
+            self._restart(pipe)
+            held = []
+        elif not self.started:
+            self.started = True
+            pipe.hset(self.keys("h"), mapping={"base": "0", "kind": self.kind})
+        batch, lengths, seq = Batch(), self._lengths, self._sent
+        for frame, key, end in held:
+            if key < 0:
+                batch.add(seq, key, "", frame, lengths)
+            else:
+                text = topic.text(key)[lengths.get(key, 0) : end]
+                lengths[key] = end
+                batch.add(seq, key, text, frame, lengths)
+            seq += 1
+        self._sent = seq
+        ends = topic.closed
+        ttl = int(self._retention * 1000) if ends else alive_ttl_ms
+        names = [self.keys("s"), self.keys("h"), self.keys("c")]
+        fields: dict[bytes, bytes] = {}
+        for key in batch.texts:
+            if key not in self._known:
+                self._known.add(key)
+                item_id = self._key_id(key)
+                pipe.hset(self.keys("h"), f"i{key}", item_id)
+                fields[b"k%d" % key] = item_id.encode()
+        fields.update(batch.fields())
+        if ends:
+            fields[END] = b"1"
+        if fields:
+            entry_id = f"{seq}-0" if batch.frames else f"{seq}-1"
+            pipe.xadd(self.keys("s"), fields, id=entry_id, maxlen=max(16, self.capacity),
+                      approximate=True)  # fmt: skip
+        for key, texts in batch.texts.items():
+            pipe.append(self.keys(f"t{key}"), "".join(texts))
+            pipe.append(self.keys(f"l{key}"), batch.layout[key].tobytes())
+        if batch.controls:
+            pipe.rpush(self.keys("c"), *batch.controls)
+        names += [self.keys(f"{kind}{key}") for key in self._known for kind in "tl"]
+        for name in names:
+            pipe.pexpire(name, ttl)
+        pipe.set(f"{prefix(self.job_id)}g", self.gen, px=ttl)
+        self.finished = ends
+
+    def _restart(self, pipe: Any) -> None:
+        """A new generation from the topic as it is: its text and controls so far, and each
+        key's layout (without one, as if the key's last frame were the one before the head:
+        enough for a stream re-attached from its start)."""
+        topic = self.topic
+        self.gen, self.broken, self.started = os.urandom(4).hex(), False, True
+        head = topic.seq
+        self._sent, self._known = head, set()
+        self._lengths = {key: topic.length(key) for key in topic.keys()}  # noqa: SIM118
+        meta = {"base": str(head), "kind": self.kind}
+        meta.update({f"i{key}": self._key_id(key) for key in self._lengths})
+        self._known.update(self._lengths)
+        pipe.hset(self.keys("h"), mapping=meta)
+        for key, length in self._lengths.items():
+            pipe.set(self.keys(f"t{key}"), topic.text(key))
+            pairs = array("q", (head - 1, length))
+            if self._layout is not None:
+                seqs, ends = self._layout(key)
+                pairs = array("q", [v for pair in zip(seqs, ends, strict=True) for v in pair])
+            pipe.set(self.keys(f"l{key}"), pairs.tobytes())
+        controls = [encode_control(seq, lengths, frame) for seq, frame, lengths in topic.controls()]
+        if controls:
+            pipe.rpush(self.keys("c"), *controls)

@@ -1,0 +1,500 @@
+"""The Redis bus: mirrored topics, remote readers, leases, the owner's calls, and health.
+
+One ``RedisBus`` per server process (a replica, or a worker of ``--workers``):
+
+* **mirrors** (``mirror``): the topics of the jobs this replica runs, flushed by one task, one
+  pipeline per flush for every topic with something new (one ``XADD`` per topic per flush);
+* **remotes** (``follow``): another replica's topic rebuilt here from a snapshot of its keys
+  (one Lua call, atomic), then fed by one ``XREAD BLOCK`` loop over every followed stream;
+  local subscribers read it as any topic, with the ring's lag semantics;
+* **leases**: each running job has a member in the ``oxi:leases`` sorted set (its score: when
+  it expires) and its owner in ``oxi:owners``; the owner renews them every third of
+  ``--lease-timeout``; every replica reaps expired ones (``ZREM`` decides which replica fails
+  the job: only one can remove it) and sweeps the store for unfinished jobs with no lease;
+* **calls** (``call``): cancel and friends, sent over pub/sub to the replica that owns a job;
+* **health**: a ``PING`` every half second; ``healthy`` is what the API checks before new
+  stateful work (503 with Retry-After when the bus is down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from oxiserve.broadcast import Topic
+from oxiserve.bus.entries import END, Snapshot, entry_frames, entry_ids
+from oxiserve.bus.followers import Follower, follower
+from oxiserve.bus.mirror import KeyId, Layout, Mirror, prefix
+
+log = logging.getLogger("oxiserve.bus")
+
+LEASES = "oxi:leases"
+OWNERS = "oxi:owners"
+ALIVE_TTL_MS = 3_600_000  # a running job's keys outlive a replica that died by an hour at most
+READ_BLOCK_MS = 50
+CALL_TIMEOUT = 5.0
+
+# [hash fields, stream entries, controls, [key, text, layout, ...]] of a job's current
+# generation, read in one step (a flush between two reads would tear the snapshot).
+_SNAPSHOT = """
+local gen = redis.call('GET', KEYS[1] .. 'g')
+if not gen then return false end
+local p = KEYS[1] .. gen .. ':'
+local h = redis.call('HGETALL', p .. 'h')
+local per_key = {}
+for i = 1, #h, 2 do
+  local name = h[i]
+  if string.sub(name, 1, 1) == 'i' then
+    local key = string.sub(name, 2)
+    per_key[#per_key + 1] = key
+    per_key[#per_key + 1] = redis.call('GET', p .. 't' .. key) or ''
+    per_key[#per_key + 1] = redis.call('GET', p .. 'l' .. key) or ''
+  end
+end
+return {gen, h, redis.call('XRANGE', p .. 's', '-', '+'), redis.call('LRANGE', p .. 'c', 0, -1),
+        per_key}
+"""
+
+Expired = Callable[[str, int], Awaitable[list[bytes]]]  # (job id, next seq) -> terminal frames
+Unfinished = Callable[[], Awaitable[list[tuple[str, str, float]]]]  # [(kind, id, created_at)]
+Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class BusDown(Exception):
+    """The bus cannot be reached now."""
+
+
+class NotOwned(Exception):
+    """No live replica owns the job (it ended, or its owner died)."""
+
+
+class _Remote:
+    __slots__ = ("follower", "last_id", "stream")
+
+    def __init__(self, follower: Follower, stream: str, last_id: bytes) -> None:
+        self.follower, self.stream, self.last_id = follower, stream, last_id
+
+
+class RedisBus:
+    """See the module docstring."""
+
+    def __init__(self, url: str, lease_timeout: float, replica: str | None = None) -> None:
+        import redis.asyncio as redis
+
+        # Any: redis-py's command signatures are too loose to type what the replies are.
+        self._client: Any = redis.Redis.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=0,
+            max_connections=64,
+        )  # fmt: skip
+        self._redis = redis
+        self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.lease_timeout = lease_timeout
+        self.healthy = False
+        self._snapshot = self._client.register_script(_SNAPSHOT)
+        self._queue: list[Mirror] = []
+        self._wake = asyncio.Event()
+        self._leases: set[str] = set()  # members this replica holds
+        self._released: list[str] = []
+        self._remotes: dict[str, _Remote] = {}  # by job id
+        self._remotes_changed = asyncio.Event()
+        self._expired: dict[str, Expired] = {}  # by kind
+        self._handlers: dict[str, Handler] = {}
+        self._unfinished: Unfinished | None = None
+        self._calls: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- life --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (raises ``BusDown`` if Redis cannot be reached) and start the tasks."""
+        try:
+            await self._client.ping()
+        except (OSError, self._redis.RedisError) as exc:
+            raise BusDown(f"the bus at {self._where()} cannot be reached: {exc}") from None
+        self.healthy = True
+        loop = asyncio.get_running_loop()
+        loops = (self._flush_loop, self._read_loop, self._lease_loop, self._listen_loop)
+        self._tasks = [loop.create_task(run()) for run in loops]
+
+    async def close(self) -> None:
+        """Flush what is left (bounded), stop the tasks, drop this replica's leases' owners
+        (a job still running here when the process ends is failed by the next reaper)."""
+        if self._queue and self.healthy:
+            self._wake.set()
+            for _ in range(20):
+                if not self._queue:
+                    break
+                await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        await self._client.aclose()
+
+    def _where(self) -> str:
+        kwargs = self._client.connection_pool.connection_kwargs
+        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+    def on_expired(self, kind: str, handler: Expired) -> None:
+        """``handler`` fails a job of ``kind`` whose owner's lease expired (store first), and
+        gives the frames that end its stream for remote readers."""
+        self._expired[kind] = handler
+
+    def on_unfinished(self, finder: Unfinished) -> None:
+        """``finder`` lists the store's unfinished jobs, for the sweep of lease-less ones."""
+        self._unfinished = finder
+
+    def handle(self, op: str, handler: Handler) -> None:
+        """Serve ``op`` for the jobs this replica owns (``call`` from any replica)."""
+        self._handlers[op] = handler
+
+    # --- mirrors -----------------------------------------------------------------------------
+
+    def mirror(
+        self,
+        job_id: str,
+        kind: str,
+        topic: Topic,
+        key_id: KeyId,
+        retention: float,
+        layout: Layout | None = None,
+    ) -> None:
+        """Mirror ``topic`` (a job's, from its first frame) into Redis until it closes;
+        ``layout`` gives a key's text frames (readers resuming mid-stream need it)."""
+        mirror = Mirror(job_id, kind, topic, key_id, retention, layout)
+        watch = topic.subscribe(0)
+        watch.attach(lambda _frame: self._dirty(mirror))
+        self._dirty(mirror)
+
+        async def ended() -> None:
+            try:
+                await watch.wait_done()
+            finally:
+                watch.close()
+                self._dirty(mirror)
+
+        asyncio.get_running_loop().create_task(ended())
+
+    def _dirty(self, mirror: Mirror) -> None:
+        if not mirror.queued:
+            mirror.queued = True
+            self._queue.append(mirror)
+            self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self.healthy:
+                continue  # the health check wakes us when the bus is back
+            batch, self._queue = self._queue, []
+            released, self._released = self._released, []
+            pipe = self._client.pipeline(transaction=False)
+            for mirror in batch:
+                mirror.queued = False
+                mirror.commands(pipe, ALIVE_TTL_MS)
+            if released:
+                pipe.zrem(LEASES, *released)
+                pipe.hdel(OWNERS, *released)
+            try:
+                await pipe.execute()
+            except (OSError, self._redis.RedisError) as exc:
+                self._down(exc)
+                for mirror in batch:  # written again, whole, when the bus is back
+                    mirror.broken, mirror.finished = True, False
+                    self._dirty(mirror)
+                self._released += released
+            await asyncio.sleep(0)  # let the next batch gather
+
+    # --- remotes -----------------------------------------------------------------------------
+
+    async def follow(self, job_id: str, capacity: int) -> Follower | None:
+        """Another replica's live topic of ``job_id``, rebuilt here (shared by every reader on
+        this replica), or None if the bus has none for it."""
+        remote = self._remotes.get(job_id)
+        if remote is not None and not remote.follower.topic.closed:
+            return remote.follower
+        try:
+            reply = await self._snapshot(keys=[prefix(job_id)])
+        except (OSError, self._redis.RedisError) as exc:
+            self._down(exc)
+            raise BusDown("the bus cannot be reached") from None
+        if not reply:
+            return None
+        gen = reply[0].decode()
+        snap = Snapshot.decode(reply[1:])
+        made = follower(snap, capacity)
+        for seq, key, text, frame in snap.frames:
+            _publish(made, seq, key, text, frame)
+        if snap.ended:
+            made.topic.close()
+            return made
+        stream = f"{prefix(job_id)}{gen}:s"
+        self._remotes[job_id] = _Remote(made, stream, snap.last_id)
+        self._remotes_changed.set()
+        return made
+
+    async def _read_loop(self) -> None:
+        while True:
+            if not self._remotes or not self.healthy:
+                self._remotes_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._remotes_changed.wait(), 0.5)
+                continue
+            by_stream = {r.stream.encode(): (job_id, r) for job_id, r in self._remotes.items()}
+            streams = {name: r.last_id for name, (_, r) in by_stream.items()}
+            try:
+                reply = await self._client.xread(streams, count=512, block=READ_BLOCK_MS)
+            except (OSError, self._redis.RedisError) as exc:
+                self._down(exc)
+                self._abort_remotes("The bus failed while the stream was read; re-attach.")
+                continue
+            for name, entries in reply or []:
+                job_id, remote = by_stream[name]
+                self._apply(job_id, remote, entries)
+
+    def _apply(self, job_id: str, remote: _Remote, entries: list[Any]) -> None:
+        made = remote.follower
+        for entry_id, fields in entries:
+            remote.last_id = entry_id
+            for key, item_id in entry_ids(fields).items():
+                made.key_id(key, item_id)
+            for seq, key, text, frame in entry_frames(fields):
+                if seq < made.topic.seq:
+                    continue  # had it from the snapshot
+                if seq > made.topic.seq:  # trimmed before this replica read it
+                    log.warning("bus: %s fell behind its stream; its readers re-attach", job_id)
+                    self._abort(job_id, "The stream moved on faster than it was read; re-attach.")
+                    return
+                _publish(made, seq, key, text, frame)
+            if END in fields:
+                made.topic.close()
+                self._remotes.pop(job_id, None)
+                return
+
+    def _abort(self, job_id: str, message: str) -> None:
+        remote = self._remotes.pop(job_id, None)
+        if remote is not None and not remote.follower.topic.closed:
+            remote.follower.topic.close(remote.follower.abort_frame(message))
+
+    def _abort_remotes(self, message: str) -> None:
+        for job_id in list(self._remotes):
+            self._abort(job_id, message)
+
+    # --- leases ------------------------------------------------------------------------------
+
+    async def lease(self, kind: str, job_id: str) -> None:
+        """Hold ``job_id``'s lease from now until ``release`` (raises ``BusDown``)."""
+        member = f"{kind}:{job_id}"
+        self._check()
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.zadd(LEASES, {member: time.time() + self.lease_timeout})
+            pipe.hset(OWNERS, member, self.replica)
+            await pipe.execute()
+        except (OSError, self._redis.RedisError) as exc:
+            self._down(exc)
+            raise BusDown("the bus cannot be reached") from None
+        self._leases.add(member)
+
+    def release(self, kind: str, job_id: str) -> None:
+        """The job ended (its end stored): its lease goes with the next flush."""
+        member = f"{kind}:{job_id}"
+        if member in self._leases:
+            self._leases.discard(member)
+            self._released.append(member)
+            self._wake.set()
+
+    async def _lease_loop(self) -> None:
+        tick = min(0.5, self.lease_timeout / 3)
+        renew_every = max(1, int(self.lease_timeout / 3 / tick))
+        count = 0
+        while True:
+            await asyncio.sleep(tick * random.uniform(0.9, 1.1))
+            count += 1
+            try:
+                await asyncio.wait_for(self._client.ping(), 2.0)
+            except (OSError, TimeoutError, self._redis.RedisError) as exc:
+                self._down(exc)
+                continue
+            if not self.healthy:
+                log.warning("bus: %s is reachable again", self._where())
+                self.healthy = True
+                self._wake.set()
+                count = renew_every  # renew and reap at once
+            if count % renew_every:
+                continue
+            try:
+                await self._renew()
+                await self._reap()
+                if count % (renew_every * 4) == 0:
+                    await self._sweep()
+            except (OSError, TimeoutError, self._redis.RedisError) as exc:
+                self._down(exc)
+            except Exception:
+                log.exception("bus: reaping failed")
+
+    async def _renew(self) -> None:
+        if self._leases:
+            until = time.time() + self.lease_timeout
+            pipe = self._client.pipeline(transaction=False)
+            pipe.zadd(LEASES, dict.fromkeys(self._leases, until))
+            pipe.hset(OWNERS, mapping=dict.fromkeys(self._leases, self.replica))
+            await pipe.execute()
+
+    async def _reap(self) -> None:
+        expired = await self._client.zrangebyscore(LEASES, 0, time.time(), start=0, num=64)
+        for member in expired:
+            if await self._client.zrem(LEASES, member):  # this replica fails it, no other
+                await self._client.hdel(OWNERS, member)
+                await self._fail(member.decode())
+
+    async def _sweep(self) -> None:
+        """Unfinished jobs in the store with no lease (their replica died while the bus was
+        down, or before it took one) fail too, once older than a lease."""
+        if self._unfinished is None:
+            return
+        jobs = await self._unfinished()
+        if not jobs:
+            return
+        members = [f"{kind}:{job_id}" for kind, job_id, _ in jobs]
+        scores = await self._client.zmscore(LEASES, members)
+        now = time.time()
+        for (_, _, created), member, score in zip(jobs, members, scores, strict=True):
+            if score is None and member not in self._leases and created < now - self.lease_timeout:
+                await self._fail(member)
+
+    async def _fail(self, member: str) -> None:
+        kind, _, job_id = member.partition(":")
+        handler = self._expired.get(kind)
+        if handler is None:
+            return
+        head = await self._head(job_id)
+        frames = await handler(job_id, head if head is not None else 0)
+        log.warning("bus: %s %s failed: its replica stopped renewing its lease", kind, job_id)
+        gen = await self._client.get(f"{prefix(job_id)}g")
+        if gen is None or head is None or not frames:
+            return
+        stream = f"{prefix(job_id)}{gen.decode()}:s"
+        fields = {b"c%d" % (head + i): frame for i, frame in enumerate(frames)}
+        fields[END] = b"1"
+        await self._client.xadd(stream, fields, id=f"{head + len(frames)}-0")
+
+    async def _head(self, job_id: str) -> int | None:
+        """The next seq of a job's current stream (None: it has none, or it ended)."""
+        gen = await self._client.get(f"{prefix(job_id)}g")
+        if gen is None:
+            return None
+        stream = f"{prefix(job_id)}{gen.decode()}:s"
+        last = await self._client.xrevrange(stream, count=1)
+        if not last:
+            base = await self._client.hget(f"{prefix(job_id)}{gen.decode()}:h", "base")
+            return int(base or 0)
+        entry_id, fields = last[0]
+        if END in fields:
+            return None
+        return int(entry_id.split(b"-")[0])
+
+    # --- calls to a job's owner --------------------------------------------------------------
+
+    async def owner(self, kind: str, job_id: str) -> str | None:
+        try:
+            found = await self._client.hget(OWNERS, f"{kind}:{job_id}")
+        except (OSError, self._redis.RedisError) as exc:
+            self._down(exc)
+            raise BusDown("the bus cannot be reached") from None
+        return None if found is None else found.decode()
+
+    async def call(self, kind: str, job_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run ``op`` on the replica that owns the job; its answer (raises ``NotOwned``)."""
+        owner = await self.owner(kind, job_id)
+        if owner is None:
+            raise NotOwned(job_id)
+        if owner == self.replica:
+            return await self._serve(op, job_id, args)
+        call_id = os.urandom(8).hex()
+        future = self._calls[call_id] = asyncio.get_running_loop().create_future()
+        message = {"op": op, "id": job_id, "args": args, "call": call_id, "from": self.replica}
+        try:
+            reached = await self._client.publish(f"oxi:replica:{owner}", orjson.dumps(message))
+            if not reached:
+                raise NotOwned(job_id)
+            return await asyncio.wait_for(future, CALL_TIMEOUT)
+        except TimeoutError:
+            raise NotOwned(job_id) from None
+        except (OSError, self._redis.RedisError) as exc:
+            self._down(exc)
+            raise BusDown("the bus cannot be reached") from None
+        finally:
+            self._calls.pop(call_id, None)
+
+    async def _serve(self, op: str, job_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        handler = self._handlers.get(op)
+        if handler is None:
+            return {"error": f"unknown operation {op}"}
+        return await handler(job_id, args)
+
+    async def _listen_loop(self) -> None:
+        channel = f"oxi:replica:{self.replica}"
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        self._received(orjson.loads(message["data"]))
+            except (OSError, self._redis.RedisError) as exc:
+                self._down(exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _received(self, message: dict[str, Any]) -> None:
+        if "reply" in message:
+            future = self._calls.get(message["call"])
+            if future is not None and not future.done():
+                future.set_result(message["reply"])
+            return
+        asyncio.get_running_loop().create_task(self._answer(message))
+
+    async def _answer(self, message: dict[str, Any]) -> None:
+        try:
+            reply = await self._serve(message["op"], message["id"], message.get("args") or {})
+        except Exception as exc:
+            log.exception("bus: %s of %s failed", message["op"], message["id"])
+            reply = {"error": str(exc)}
+        answer = {"call": message["call"], "reply": reply}
+        with contextlib.suppress(OSError, self._redis.RedisError):
+            await self._client.publish(f"oxi:replica:{message['from']}", orjson.dumps(answer))
+
+    # --- health ------------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if not self.healthy:
+            raise BusDown("the bus cannot be reached")
+
+    def _down(self, exc: BaseException) -> None:
+        if self.healthy:
+            log.warning("bus: %s cannot be reached (%s)", self._where(), exc)
+        self.healthy = False
+
+
+def _publish(made: Follower, seq: int, key: int, text: str, frame: bytes) -> None:
+    topic = made.topic
+    if key < 0:
+        topic.publish(frame)
+    else:
+        topic.publish_text(text, key, frame)
+        made.text(seq, key, topic.length(key))

@@ -1,0 +1,151 @@
+"""The Redis bus on its own: a topic mirrored by one bus, followed through another, leases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from oxiserve.broadcast import EndOfTopic, Lagged, Topic
+from oxiserve.bus import RedisBus
+from oxiserve.responses import objects
+from oxiserve.responses.writer import ResponseWriter, TopicChannel
+from oxiserve.runs import objects as run_objects
+from tests.redis_server import PrivateRedis
+
+
+@pytest.fixture
+async def buses(private_redis: PrivateRedis) -> AsyncIterator[tuple[RedisBus, RedisBus]]:
+    url = private_redis.new_database()
+    a, b = RedisBus(url, lease_timeout=1.0), RedisBus(url, lease_timeout=1.0)
+    await a.start()
+    await b.start()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def until(check: object, timeout: float = 10.0) -> None:
+    assert callable(check)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def run_topic(capacity: int) -> Topic:
+    return Topic(capacity, lambda key, text: run_objects.message_delta(f"msg_{key}", text))
+
+
+async def drain(topic: Topic, cursor: int = 0, delivered: dict[int, int] | None = None) -> bytes:
+    sub = topic.subscribe(cursor, delivered)
+    out: list[bytes] = []
+    while True:
+        try:
+            got = await asyncio.wait_for(sub.receive(), 10)
+        except EndOfTopic:
+            return b"".join(out)
+        out += got.frames if isinstance(got, Lagged) else got
+
+
+async def test_a_followed_topic_is_the_owners_frame_for_frame(
+    buses: tuple[RedisBus, RedisBus],
+) -> None:
+    a, b = buses
+    topic = run_topic(64)
+    a.mirror("run_1", "run", topic, lambda key: f"msg_{key}", retention=5)
+    topic.publish(b"event: created\n\n")
+    for i in range(20):
+        topic.publish_text(f"t{i} ")
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+    followed = await b.follow("run_1", 64)
+    assert followed is not None
+    live = asyncio.create_task(drain(followed.topic))
+    for i in range(20, 40):
+        topic.publish_text(f"t{i} ", key=1 if i % 2 else 0)
+        await asyncio.sleep(0)
+    topic.close(b"event: done\n\n")
+    remote = await asyncio.wait_for(live, 10)
+    assert remote == await drain(topic)
+    assert followed.topic.text(1) == topic.text(1)
+
+
+@pytest.mark.parametrize("pace", ["trimmed", "overrun"])
+async def test_a_reader_behind_the_stream_gets_exactly_the_missed_text(
+    buses: tuple[RedisBus, RedisBus], pace: str
+) -> None:
+    """``trimmed``: the stream kept only its last entries; ``overrun``: the ring overran what
+    the bus had flushed, so the mirror started a new generation from the topic."""
+    a, b = buses
+    topic = Topic(16, None, None)
+    writer = ResponseWriter(TopicChannel(topic))
+    topic = writer_topic = topic
+    response = objects.response_object("resp_1", "m", {}, background=True)
+    writer.begin(response)
+    writer.open_message(0, "msg_a")
+    a.mirror("resp_1", "response", writer_topic, writer.item_id, retention=5,
+             layout=lambda key: (writer.seqs[key], writer.ends[key]))  # fmt: skip
+    for i in range(1500):  # far past the 16-entry stream (kept ~100 by MAXLEN ~) and ring
+        writer.text(0, f"w{i} ")
+        if pace == "trimmed" and i % 4 == 0:
+            await asyncio.sleep(0.003)  # each batch flushed before the ring overruns it
+    await asyncio.sleep(0.1)
+    followed = await b.follow("resp_1", 16)
+    assert followed is not None
+    assert followed.topic.seq == topic.seq
+    assert followed.topic._ring.floor > 50  # rebuilt above the cursor: it lags
+    floor, head = followed.topic._ring.floor, followed.topic.seq
+    assert floor < head if pace == "trimmed" else floor == head
+    cursor = 50
+    delivered = followed.delivered_at(cursor)
+    assert delivered == writer.delivered_at(cursor)
+    writer.close_message(0, topic.text(0))
+    topic.close()
+    got = await drain(followed.topic, cursor, delivered)
+    text = "".join(
+        part.split(b'"delta":"')[1].split(b'"')[0].decode()
+        for part in got.split(b"\n\n")
+        if b"output_text.delta" in part
+    )
+    assert text == topic.text(0)[delivered[0] :]
+    numbers = [int(p.split(b'"sequence_number":')[1].split(b",")[0])
+               for p in got.split(b"\n\n") if p]  # fmt: skip
+    assert numbers == sorted(numbers)
+    assert numbers[0] >= cursor
+
+
+async def test_an_expired_lease_is_failed_by_the_other_bus_once(
+    buses: tuple[RedisBus, RedisBus], private_redis: PrivateRedis
+) -> None:
+    a, b = buses
+    failed: list[tuple[str, str]] = []
+
+    async def fail_a(job_id: str, seq: int) -> list[bytes]:
+        failed.append(("a", job_id))
+        return [b"event: failed\n\n"]
+
+    async def fail_b(job_id: str, seq: int) -> list[bytes]:
+        failed.append(("b", job_id))
+        return [b"event: failed\n\n"]
+
+    a.on_expired("run", fail_a)
+    b.on_expired("run", fail_b)
+    topic = run_topic(8)
+    a.mirror("run_9", "run", topic, lambda key: f"msg_{key}", retention=5)
+    topic.publish(b"event: created\n\n")
+    await a.lease("run", "run_9")
+    await asyncio.sleep(1.5)
+    assert failed == []  # renewed while its owner lives
+    followed = await b.follow("run_9", 8)
+    assert followed is not None
+    a._leases.clear()  # the owner stops renewing, as a dead one does
+    await until(lambda: failed, timeout=10)
+    await asyncio.wait_for(followed.topic.wait_first(), 5)
+    await until(lambda: followed.topic.closed)
+    await asyncio.sleep(1.0)
+    assert len(failed) == 1
+    assert followed.topic.text(0) == ""
