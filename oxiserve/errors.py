@@ -87,8 +87,23 @@ class NeedsSharedState(APIError):
     def __init__(self, workers: int) -> None:
         super().__init__(
             f"This endpoint keeps state (runs, stored responses, conversations, threads) that "
-            f"the {workers} worker processes do not share: it needs a shared bus (--bus, not in "
-            f"this build). Serve it with --workers 1."
+            f"the {workers} worker processes do not share: it needs a shared bus "
+            f"(--bus redis://HOST:PORT/N). Serve it with --bus, or with --workers 1."
+        )
+
+
+class BusUnavailable(APIError):
+    """503: the bus that replicas share state through cannot be reached now."""
+
+    status = 503
+    type = "server_error"
+    code = "bus_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The shared bus (Redis) cannot be reached: runs, stored responses, conversations and "
+            "threads are unavailable for now. Retry shortly.",
+            headers=(("retry-after", "1"),),
         )
 
 

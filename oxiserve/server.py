@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from oxiserve.api import build_router
 from oxiserve.api.keys import KeyRing
 from oxiserve.api.limits import Limits
 from oxiserve.api.state import AppState
+from oxiserve.bus import BusDown, RedisBus
 from oxiserve.config import Config
 from oxiserve.engine.base import Engine
 from oxiserve.errors import StartupError, error_response, render_error
@@ -37,7 +39,7 @@ from oxiserve.jobs import JobSupervisor
 from oxiserve.metrics import Metrics
 from oxiserve.runs.manager import Runs
 from oxiserve.runs.worker import RunContext
-from oxiserve.store import StoreError, open_store
+from oxiserve.store import Store, StoreError, open_store
 
 log = logging.getLogger("oxiserve")
 
@@ -59,10 +61,36 @@ def create_engine(config: Config, *, load: bool = True) -> Engine:
 def banner(url: str, config: Config, loop_name: str) -> str:
     """The startup line (``bench`` and scripts find the URL in it)."""
     line = f"oxiserve listening on {url} (engine={config.engine}, loop={loop_name})"
-    if config.workers > 1:
+    if config.workers > 1 and not config.bus:
         line += (f"; {config.workers} workers: runs, stored responses, conversations and "
                  f"threads answer 501 (they need a shared --bus)")  # fmt: skip
+    elif config.workers > 1:
+        line += f"; {config.workers} workers sharing state through the bus"
     return line
+
+
+async def _open_bus(config: Config) -> RedisBus:
+    try:
+        bus = RedisBus(config.bus, config.lease_timeout)
+    except ImportError:
+        raise StartupError("--bus needs the redis package: pip install 'oxiserve[redis]'") from None
+    try:
+        await bus.start()
+    except BusDown as exc:
+        await bus.close()
+        raise StartupError(str(exc)) from None
+    return bus
+
+
+def _bus_jobs(bus: RedisBus, runs: Runs, store: Store) -> None:
+    """What the bus does with the jobs of a replica that died: fail them, in the store."""
+    bus.on_expired("run", runs.lost)
+    bus.on_expired("response", functools.partial(responses.lost, store))
+
+    async def unfinished() -> list[tuple[str, str, float]]:
+        return [*await runs.unfinished(), *await responses.unfinished(store)]
+
+    bus.on_unfinished(unfinished)
 
 
 class Server:
@@ -110,13 +138,21 @@ class Server:
             store = await open_store(self.config.db)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
+        bus: RedisBus | None = None
         try:
+            if self.config.bus:
+                bus = await _open_bus(self.config)
             jobs = JobSupervisor(self.config.job_retention, max_retained=self.config.retained_jobs)
             metrics = Metrics(self._gauges(engine, jobs), runs=lambda: runs.statuses())
-            runs = Runs(RunContext(self.config, engine, store, metrics), jobs)
-            await runs.recover()
-            await responses.recover(store)
+            runs = Runs(RunContext(self.config, engine, store, metrics), jobs, bus)
+            if bus is None:
+                await runs.recover()
+                await responses.recover(store)
+            else:  # others may be running theirs: what no replica holds a lease for fails
+                _bus_jobs(bus, runs, store)
         except BaseException:
+            if bus is not None:
+                await bus.close()
             await store.close()
             raise
         try:
@@ -128,7 +164,7 @@ class Server:
         limits = Limits(config.rate_limit_rps, config.rate_limit_burst, config.rate_limit_tpm,
                         config.max_concurrent_streams)  # fmt: skip
         self.state = AppState(config, engine, jobs, store=store, runs=runs, keys=keys,
-                              limits=limits, metrics=metrics,
+                              limits=limits, metrics=metrics, bus=bus,
                               ready_at=time.monotonic() + config.sim_startup_delay)  # fmt: skip
         ctx = self._ctx = ServerContext(
             self.config, build_router(self.state), loop,
@@ -214,6 +250,8 @@ class Server:
             await asyncio.to_thread(_remove, self.config.uds)
         if self.state is not None:
             await self.state.engine.close()
+            if self.state.bus is not None:
+                await self.state.bus.close()
             if self.state.store is not None:
                 await self.state.store.close()
 

@@ -12,4 +12,7 @@ def build_router(state: AppState) -> Router:
     router = Router()
     for module in (models, chat, completions, embeddings, assistants, responses):
         bind(router, state, module.ROUTES)
+    if state.bus is not None:  # other replicas' calls for the jobs this one runs
+        assistants.runs.serve_owner_calls(state, state.bus)
+        responses.responses.serve_owner_calls(state, state.bus)
     return router

@@ -19,7 +19,7 @@ import orjson
 
 from oxiserve.api.limits import Limits, RateLimited
 from oxiserve.api.state import AppState
-from oxiserve.errors import APIError, NeedsSharedState
+from oxiserve.errors import APIError, BusUnavailable, NeedsSharedState
 from oxiserve.http.messages import (
     AnyResponse,
     BodyWriter,
@@ -51,8 +51,11 @@ def bind(router: Router, state: AppState, routes: Iterable[Route]) -> None:
     for route in routes:
         handler: Any = functools.partial(route.handler, state)
         is_async = inspect.iscoroutinefunction(route.handler)
-        if state.config.workers > 1 and route.path.startswith(_STATEFUL):
+        stateful = route.path.startswith(_STATEFUL)
+        if state.config.workers > 1 and stateful and state.bus is None:
             handler = _refused(state.config.workers)
+        elif stateful and state.bus is not None:
+            handler = _needs_bus(handler, state, is_async)
         if route.path.startswith("/v1/") and _checks_on(state):
             handler = _guarded(handler, state, is_async)
         if state.metrics is not None:
@@ -103,6 +106,31 @@ def _refused(workers: int) -> Callable[[Request], AnyResponse]:
         raise NeedsSharedState(workers)
 
     return refuse
+
+
+def _needs_bus(handler: Any, state: AppState, is_async: bool) -> Any:
+    """``handler``, answered 503 (Retry-After) while the bus is down: no new stateful work
+    starts that other replicas could not see."""
+    bus = state.bus
+    assert bus is not None
+
+    if is_async:
+
+        async def checked_async(request: Request) -> AnyResponse:
+            if not bus.healthy:
+                raise BusUnavailable
+            response: AnyResponse = await handler(request)
+            return response
+
+        return checked_async
+
+    def checked(request: Request) -> AnyResponse:
+        if not bus.healthy:
+            raise BusUnavailable
+        response: AnyResponse = handler(request)
+        return response
+
+    return checked
 
 
 def _checks_on(state: AppState) -> bool:

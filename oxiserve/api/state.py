@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from oxiserve.api.keys import KeyRing
 from oxiserve.api.limits import Limits
+from oxiserve.bus import RedisBus
 from oxiserve.config import Config
 from oxiserve.engine.base import Engine, ModelInfo
 from oxiserve.errors import ModelNotFound
@@ -28,6 +29,7 @@ class AppState:
     keys: KeyRing | None = None  # None or not enabled: /v1 is open
     limits: Limits | None = None  # None or not enabled: no rate limits
     metrics: Metrics | None = None
+    bus: RedisBus | None = None  # --bus: state shared with other replicas
     ready_at: float = field(default_factory=time.monotonic)  # /health/ready: 503 before it
     stopping: bool = False  # shutting down: /health/ready is 503 again
 

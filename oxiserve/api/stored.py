@@ -1,16 +1,29 @@
 """What every endpoint of stored objects shares (Assistants, Responses, Conversations): the
-store, the owner objects belong to, the query string, list pages and deleted shapes."""
+store, the owner objects belong to, the bus's failures as 503, the query string, list pages
+and deleted shapes."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from oxiserve.api.state import AppState
-from oxiserve.errors import InvalidRequest, echo
+from oxiserve.bus import BusDown
+from oxiserve.errors import BusUnavailable, InvalidRequest, echo
 from oxiserve.http.messages import Request
 from oxiserve.store.base import Order, Page, Store
+
+_T = TypeVar("_T")
+
+
+async def on_bus(call: Awaitable[_T]) -> _T:
+    """``call`` to the bus; the bus down is a 503 with Retry-After."""
+    try:
+        return await call
+    except BusDown:
+        raise BusUnavailable from None
 
 
 def store_of(state: AppState) -> Store:

@@ -111,6 +111,8 @@ class RedisBus:
         self._unfinished: Unfinished | None = None
         self._calls: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._flushing = False
+        self._flushed = asyncio.Event()  # set after each flush
 
     # --- life --------------------------------------------------------------------------------
 
@@ -206,6 +208,7 @@ class RedisBus:
             if released:
                 pipe.zrem(LEASES, *released)
                 pipe.hdel(OWNERS, *released)
+            self._flushing = True
             try:
                 await pipe.execute()
             except (OSError, self._redis.RedisError) as exc:
@@ -214,7 +217,23 @@ class RedisBus:
                     mirror.broken, mirror.finished = True, False
                     self._dirty(mirror)
                 self._released += released
+            finally:
+                self._flushing = False
+                self._flushed.set()
             await asyncio.sleep(0)  # let the next batch gather
+
+    async def sync(self, timeout: float = 1.0) -> None:
+        """Return once what was published so far is in Redis (or after ``timeout``, or at
+        once while the bus is down): a replica told of a job right after may read it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self._queue or self._flushing) and self.healthy:
+            self._flushed.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flushed.wait(), left)
 
     # --- remotes -----------------------------------------------------------------------------
 

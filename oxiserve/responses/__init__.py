@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from oxiserve.responses.job import recover
+from oxiserve.responses.job import lost, recover, unfinished
 
-__all__ = ["recover"]
+__all__ = ["lost", "recover", "unfinished"]

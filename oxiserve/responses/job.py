@@ -31,19 +31,49 @@ SHUT_DOWN = "The server shut down while the response was generated; create it ag
 RESTARTED = "The server restarted while the response was generated; create it again."
 
 
+LEASE_LOST = ("The replica generating the response stopped (its lease expired); create it "
+              "again.")  # fmt: skip
+UNFINISHED = ["queued", "in_progress"]
+
+
 async def recover(store: Store) -> int:
     """At startup: responses a previous process left queued or in progress fail with a
     restart error (their text so far kept).  Returns how many."""
-    unfinished = await store.find(Kind.RESPONSE, ["queued", "in_progress"], limit=1_000_000)
+    unfinished = await fail_unfinished(store, RESTARTED)
+    if unfinished:
+        log.warning("%d responses left unfinished by the previous process failed", len(unfinished))
+    return len(unfinished)
+
+
+async def fail_unfinished(
+    store: Store, message: str, only: str | None = None
+) -> list[dict[str, Any]]:
+    """Fail the stored unfinished responses (or only ``only``) with ``message``."""
+    unfinished = await store.find(Kind.RESPONSE, UNFINISHED, limit=1_000_000)
+    unfinished = [r for r in unfinished if only is None or r["id"] == only]
     for response in unfinished:
-        response.update(status="failed", error={"code": "server_error", "message": RESTARTED})
+        response.update(status="failed", error={"code": "server_error", "message": message})
         for item in response.get("output") or []:
             if item.get("status") == "in_progress":
                 item["status"] = "incomplete"
     if unfinished:
         await store.put(*(response_record(r, "") for r in unfinished))
-        log.warning("%d responses left unfinished by the previous process failed", len(unfinished))
-    return len(unfinished)
+    return unfinished
+
+
+async def lost(store: Store, response_id: str, seq: int) -> list[bytes]:
+    """The bus says the replica generating ``response_id`` died: fail it in the store; the
+    frame that ends its stream for readers elsewhere (numbered ``seq``)."""
+    failed = await fail_unfinished(store, LEASE_LOST, only=response_id)
+    if not failed:
+        return []
+    return [objects.event("response.failed", seq, response=objects.public(failed[0]))]
+
+
+async def unfinished(store: Store) -> list[tuple[str, str, float]]:
+    """The stored unfinished responses, for the bus's sweep: (kind, id, created_at)."""
+    found = await store.find(Kind.RESPONSE, UNFINISHED, limit=100_000)
+    return [("response", r["id"], float(r["created_at"])) for r in found]
 
 
 @dataclass(slots=True)

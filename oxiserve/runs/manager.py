@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from oxiserve.broadcast import Topic
+from oxiserve.bus import RedisBus
 from oxiserve.engine.base import ChatMessage
 from oxiserve.http import sse
 from oxiserve.jobs import JobSupervisor, Policy
@@ -38,6 +39,9 @@ from oxiserve.store.base import Kind, Record
 log = logging.getLogger("oxiserve.runs")
 
 RESTARTED = "The server restarted while the run was in progress; create a new run."
+LEASE_LOST = ("The replica running the run stopped (its lease expired) while the run was in "
+              "progress; create a new run.")  # fmt: skip
+MIRROR_RETENTION = 60.0  # seconds an ended leg's stream stays in the bus (then: the store)
 
 
 class NotAccepting(Exception):
@@ -47,9 +51,10 @@ class NotAccepting(Exception):
 class Runs:
     """See the module docstring."""
 
-    def __init__(self, ctx: RunContext, jobs: JobSupervisor) -> None:
+    def __init__(self, ctx: RunContext, jobs: JobSupervisor, bus: RedisBus | None = None) -> None:
         self._ctx = ctx
         self._jobs = jobs
+        self._bus = bus  # runs shared with other replicas: leases, mirrored legs
         self._active: dict[str, ActiveRun] = {}  # by run id
         self._threads: dict[str, str] = {}  # thread id -> its active run's id
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -101,6 +106,8 @@ class Runs:
         ``first`` (``thread.created``) and the run's first events, and queue its first leg."""
         active = ActiveRun(run, assistant, Topic(2), owner, headers=headers or {})
         active.new_leg(self._ctx.config.stream_buffer)
+        if self._bus is not None:  # before the store has it: a stored run always has a lease
+            await self._bus.lease("run", run["id"])
         self._register(active)
         try:
             await self._ctx.store.put(*records, run_record(run, owner))
@@ -112,6 +119,8 @@ class Runs:
         active.topic.publish(objects.event("thread.run.created", run))
         active.topic.publish(objects.event("thread.run.queued", run))
         self._start_leg(active)
+        if self._bus is not None:
+            await self._bus.sync()  # another replica may re-attach as soon as we answer
         return active.topic
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
@@ -158,6 +167,8 @@ class Runs:
         active.topic.publish(objects.event("thread.run.step.completed", step))
         active.topic.publish(objects.event("thread.run.queued", run))
         self._start_leg(active)
+        if self._bus is not None:
+            await self._bus.sync()
         return active.topic
 
     async def replay(self, run: dict[str, Any], owner: str = "") -> list[bytes]:
@@ -189,24 +200,48 @@ class Runs:
     async def recover(self) -> int:
         """At startup: runs left unfinished by a previous process fail with a restart error,
         their steps fail and their messages become incomplete.  Returns how many runs."""
+        runs = await self.fail_unfinished(RESTARTED)
+        if runs:
+            log.warning("%d runs left unfinished by the previous process failed", len(runs))
+        return len(runs)
+
+    async def fail_unfinished(self, message: str, only: str | None = None) -> list[dict[str, Any]]:
+        """Fail the stored unfinished runs (or only run ``only``), their steps and messages,
+        with ``message``; the runs as stored now."""
         store, stamp = self._ctx.store, objects.now()
-        error = {"code": "server_error", "message": RESTARTED}
+        error = {"code": "server_error", "message": message}
         runs = await store.find(Kind.RUN, [str(s) for s in ACTIVE], limit=1_000_000)
+        runs = [run for run in runs if only is None or run["id"] == only]
+        ids = {run["id"] for run in runs}
         records: list[Record] = []
         for run in runs:
             run.update(status="failed", failed_at=stamp, last_error=error, required_action=None)
-            records.append(run_record(run, ""))
+            records.append(run_record(run, ""))  # an update keeps the owner
         for step in await store.find(Kind.STEP, ["in_progress"], limit=1_000_000):
-            step.update(status="failed", failed_at=stamp, last_error=error)
-            records.append(step_record(step, ""))
-        for message in await store.find(Kind.MESSAGE, ["in_progress"], limit=1_000_000):
-            message.update(status="incomplete", incomplete_at=stamp,
-                           incomplete_details={"reason": "run_failed"})  # fmt: skip
-            records.append(message_record(message, ""))
+            if step.get("run_id") in ids:
+                step.update(status="failed", failed_at=stamp, last_error=error)
+                records.append(step_record(step, ""))
+        for message_ in await store.find(Kind.MESSAGE, ["in_progress"], limit=1_000_000):
+            if message_.get("run_id") in ids:
+                message_.update(status="incomplete", incomplete_at=stamp,
+                                incomplete_details={"reason": "run_failed"})  # fmt: skip
+                records.append(message_record(message_, ""))
         if records:
             await store.put(*records)
-            log.warning("%d runs left unfinished by the previous process failed", len(runs))
-        return len(runs)
+        return runs
+
+    async def lost(self, run_id: str, seq: int) -> list[bytes]:
+        """The bus says the replica running ``run_id`` died: fail it in the store; the frames
+        that end its stream for readers elsewhere."""
+        failed = await self.fail_unfinished(LEASE_LOST, only=run_id)
+        if not failed:
+            return []
+        return [objects.event("thread.run.failed", failed[0]), sse.EVENT_DONE]
+
+    async def unfinished(self) -> list[tuple[str, str, float]]:
+        """The stored unfinished runs, for the bus's sweep: (kind, id, created_at)."""
+        runs = await self._ctx.store.find(Kind.RUN, [str(s) for s in ACTIVE], limit=100_000)
+        return [("run", run["id"], float(run["created_at"])) for run in runs]
 
     def close(self) -> None:
         """The server is stopping: no run expires from now on (the store fails what is left
@@ -226,6 +261,10 @@ class Runs:
         # replayed from the store, which holds the same text and objects.
         self._jobs.start(leg.run(), active.topic, policy=Policy.DETACHED,
                          job_id=active.run["id"], terminal=terminal, retention=0.0)  # fmt: skip
+        if self._bus is not None:
+            ids = active.message_ids
+            self._bus.mirror(active.run["id"], "run", active.topic, ids.__getitem__,
+                             MIRROR_RETENTION)  # fmt: skip
 
     async def _stop(self, active: ActiveRun, target: RunStatus) -> dict[str, Any]:
         run = active.run
@@ -294,6 +333,8 @@ class Runs:
         timer = self._timers.pop(run_id, None)
         if timer is not None:
             timer.cancel()
+        if self._bus is not None:
+            self._bus.release("run", run_id)
 
 
 def _status_of(active: ActiveRun | None) -> str:

@@ -25,8 +25,9 @@ from oxiserve.api.assistants.threads import new_thread
 from oxiserve.api.routes import Route
 from oxiserve.api.sampling import engine_headers
 from oxiserve.api.state import AppState
-from oxiserve.api.stored import owner_of, store_of
+from oxiserve.api.stored import on_bus, owner_of, store_of
 from oxiserve.broadcast import Topic
+from oxiserve.bus import NotOwned, RedisBus
 from oxiserve.errors import InvalidRequest, echo
 from oxiserve.http import sse
 from oxiserve.http.messages import BodyWriter, Request, Response, StreamResponse, json_response
@@ -82,8 +83,8 @@ async def _start(
         with runs.reserving(thread_id):  # no other run, and no delete, until this one starts
             if not first:  # an existing thread: it must still be there
                 await fetch(state, request, Kind.THREAD, thread_id)
-            topic = await runs.start(run, assistant, records, owner, first,
-                                     engine_headers(request))  # fmt: skip
+            topic = await on_bus(runs.start(run, assistant, records, owner, first,
+                                             engine_headers(request)))  # fmt: skip
     except NotAccepting as exc:
         raise InvalidRequest(str(exc)) from None
     if stream:
@@ -233,10 +234,54 @@ async def modify_run(state: AppState, request: Request) -> Response:
 
 async def cancel_run(state: AppState, request: Request) -> Response:
     run = await _run(state, request)
+    reply = await _ask_owner(state, run, "cancel_run", {})
+    if reply is not None:
+        if "error" in reply:
+            raise InvalidRequest(reply["error"])
+        return json_response(reply["run"])
     try:
         return json_response(await runs_of(state).cancel(run["id"]))
     except NotAccepting:
         raise InvalidRequest(f"Cannot cancel run with status '{run['status']}'.") from None
+
+
+async def _ask_owner(
+    state: AppState, run: dict[str, Any], op: str, args: dict[str, Any]
+) -> dict[str, Any] | None:
+    """``op`` on the replica running ``run`` if that is another one (None: it is this one,
+    or none is)."""
+    if state.bus is None or runs_of(state).get(run["id"]) is not None:
+        return None
+    if run["status"] in TERMINAL:
+        return None
+    try:
+        return await on_bus(state.bus.call("run", run["id"], op, args))
+    except NotOwned:
+        return None
+
+
+def serve_owner_calls(state: AppState, bus: RedisBus) -> None:
+    """What another replica may ask of the runs this one runs."""
+    runs = runs_of(state)
+
+    async def cancel(run_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return {"run": await runs.cancel(run_id)}
+        except NotAccepting as exc:
+            return {"error": str(exc)}
+
+    async def submit(run_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            await runs.submit(run_id, dict(args["outputs"]))
+        except NotAccepting as exc:
+            return {"error": str(exc)}
+        except ValueError as exc:
+            return {"error": str(exc), "param": "tool_outputs"}
+        active = runs.get(run_id)
+        return {"run": dict(active.run) if active is not None else None}
+
+    bus.handle("cancel_run", cancel)
+    bus.handle("submit_tool_outputs", submit)
 
 
 async def submit_tool_outputs(state: AppState, request: Request) -> Response | StreamResponse:
@@ -256,6 +301,13 @@ async def submit_tool_outputs(state: AppState, request: Request) -> Response | S
             )
         outputs[call_id] = params.get_str(item, "output", "", param=f"tool_outputs[{i}].output")
     run = await _run(state, request)
+    reply = await _ask_owner(state, run, "submit_tool_outputs", {"outputs": outputs})
+    if reply is not None:  # submitted on the replica that runs it
+        if "error" in reply:
+            raise InvalidRequest(reply["error"], param=reply.get("param"))
+        if stream:
+            return await _follow(state, request, run)
+        return json_response(reply["run"] or await _run(state, request))
     try:
         topic = await runs_of(state).submit(run["id"], outputs)
     except NotAccepting as exc:
@@ -275,6 +327,18 @@ async def stream_run(state: AppState, request: Request) -> Response | StreamResp
     topic = runs_of(state).topic(run["id"])
     if topic is not None:
         return _stream(state, topic)
+    return await _follow(state, request, run)
+
+
+async def _follow(
+    state: AppState, request: Request, run: dict[str, Any]
+) -> Response | StreamResponse:
+    """A run not in memory here: its leg live on another replica through the bus, else its
+    replay from the store."""
+    if state.bus is not None and run["status"] not in TERMINAL:
+        followed = await on_bus(state.bus.follow(run["id"], state.config.stream_buffer))
+        if followed is not None:
+            return _stream(state, followed.topic)
     frames = await runs_of(state).replay(run, owner_of(request))
     return Response(b"".join(frames), content_type="text/event-stream", headers=sse.SSE_HEADERS)
 

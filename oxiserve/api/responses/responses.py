@@ -13,14 +13,22 @@ from oxiserve.api.routes import Route
 from oxiserve.api.sampling import engine_headers
 from oxiserve.api.shapes import api_error
 from oxiserve.api.state import AppState
-from oxiserve.api.stored import list_object, owner_of, page_args, query, store_of
+from oxiserve.api.stored import list_object, on_bus, owner_of, page_args, query, store_of
+from oxiserve.bus import NotOwned, RedisBus
+from oxiserve.bus.followers import Follower
 from oxiserve.engine.base import GenerationRequest, chatml
-from oxiserve.errors import InvalidRequest, NeedsSharedState, NotFound, echo
+from oxiserve.errors import BusUnavailable, InvalidRequest, NeedsSharedState, NotFound, echo
 from oxiserve.http import sse
 from oxiserve.http.messages import BodyWriter, Request, Response, StreamResponse, json_response
 from oxiserve.jobs import Job, Policy
 from oxiserve.responses import objects
-from oxiserve.responses.job import ResponseContext, ResponseJob, item_record, response_record
+from oxiserve.responses.job import (
+    UNFINISHED,
+    ResponseContext,
+    ResponseJob,
+    item_record,
+    response_record,
+)
 from oxiserve.responses.writer import replay
 from oxiserve.store.base import Kind
 
@@ -40,7 +48,10 @@ async def create_response(state: AppState, request: Request) -> Response | Strea
     settings, generation = _settings(state, body)
     previous = settings.get("previous_response_id")
     conversation_id = _conversation_id(body)
-    if state.config.workers > 1 and (store or previous is not None or conversation_id is not None):
+    stateful = store or previous is not None or conversation_id is not None
+    if stateful and state.bus is not None and not state.bus.healthy:
+        raise BusUnavailable
+    if state.config.workers > 1 and stateful and state.bus is None:
         raise NeedsSharedState(state.config.workers)  # 'store': false is served by any worker
     if previous is not None and conversation_id is not None:
         raise InvalidRequest("Use 'previous_response_id' or 'conversation', not both.",
@@ -66,7 +77,10 @@ async def create_response(state: AppState, request: Request) -> Response | Strea
     job = ResponseJob(ctx, response, engine_request, owner=owner, input_items=items,
                       conversation_id=conversation_id)  # fmt: skip
     snapshot = objects.public(response)
+    bus = state.bus
     if store:
+        if bus is not None:  # before the store has it: a stored response always has a lease
+            await on_bus(bus.lease("response", response["id"]))
         records = [item_record(response["id"], item, owner) for item in items]
         await store_of(state).put(response_record(response, owner), *records)
     running = state.jobs.start(
@@ -74,6 +88,16 @@ async def create_response(state: AppState, request: Request) -> Response | Strea
         job_id=response["id"], retention=state.config.response_retention,
     )  # fmt: skip
     running.payload = job
+    if bus is not None and store:
+        assert running.task is not None
+        response_id = response["id"]
+        running.task.add_done_callback(lambda _: bus.release("response", response_id))
+        if background:
+            writer = job.writer
+            bus.mirror(response_id, "response", job.topic, writer.item_id,
+                       state.config.response_retention,
+                       layout=lambda key: (writer.seqs[key], writer.ends[key]))  # fmt: skip
+            await bus.sync()
     if stream:
         return _stream(state, running, job, 0)
     if background:
@@ -216,9 +240,36 @@ async def get_response(state: AppState, request: Request) -> Response | StreamRe
     live, running = _live(state, response_id), state.jobs.get(response_id)
     if live is not None and running is not None:
         return _stream(state, running, live, min(cursor, live.topic.seq))
+    if state.bus is not None and response["status"] in UNFINISHED:  # live on another replica
+        followed = await on_bus(state.bus.follow(response_id, state.config.stream_buffer))
+        if followed is not None:
+            return _stream_followed(state, followed, cursor)
+        response = await _find(state, request, response_id)  # it ended meanwhile
     frames = replay(response)
     return Response(b"".join(frames[cursor:]), content_type="text/event-stream",
                     headers=sse.SSE_HEADERS)  # fmt: skip
+
+
+def _stream_followed(state: AppState, followed: Follower, cursor: int) -> StreamResponse:
+    """Another replica's response, through the bus: the same numbers, the same catch-up."""
+    keepalive, topic = state.config.sse_keepalive, followed.topic
+    cursor = min(cursor, topic.seq)
+    delivered = followed.delivered_at(cursor)
+
+    async def produce(writer: BodyWriter) -> None:
+        await sse.pump(topic, writer, keepalive, cursor, delivered)
+
+    return StreamResponse(produce, headers=sse.SSE_HEADERS)
+
+
+async def _ask_owner(state: AppState, response: dict[str, Any], op: str) -> dict[str, Any] | None:
+    """``op`` on the replica generating ``response`` (None: no replica is)."""
+    if state.bus is None or response["status"] not in UNFINISHED:
+        return None
+    try:
+        return await on_bus(state.bus.call("response", response["id"], op, {}))
+    except NotOwned:
+        return None
 
 
 def _cursor(value: str | None) -> int:
@@ -243,6 +294,8 @@ async def delete_response(state: AppState, request: Request) -> Response:
     if live is not None:
         live.deleted = True  # it must not store itself again as it ends
         await live.cancel()
+    else:
+        await _ask_owner(state, await _find(state, request, response_id), "delete_response")
     await store_of(state).delete(Kind.RESPONSE, response_id, owner=owner_of(request))
     return json_response({"id": response_id, "object": "response", "deleted": True})
 
@@ -259,7 +312,33 @@ async def cancel_response(state: AppState, request: Request) -> Response:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(running.task), 5.0)
         return json_response(objects.public(live.response))
+    reply = await _ask_owner(state, response, "cancel_response")
+    if reply is not None and "response" in reply:
+        return json_response(reply["response"])
     return json_response(objects.public(response))
+
+
+def serve_owner_calls(state: AppState, bus: RedisBus) -> None:
+    """What another replica may ask of the responses this one generates."""
+
+    async def cancel(response_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        live, running = _live(state, response_id), state.jobs.get(response_id)
+        if live is None or running is None or running.task is None:
+            return {"error": "not here"}
+        await live.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(running.task), 5.0)
+        return {"response": objects.public(live.response)}
+
+    async def delete(response_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        live = _live(state, response_id)
+        if live is not None:
+            live.deleted = True
+            await live.cancel()
+        return {}
+
+    bus.handle("cancel_response", cancel)
+    bus.handle("delete_response", delete)
 
 
 async def list_input_items(state: AppState, request: Request) -> Response:
