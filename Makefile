@@ -88,6 +88,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench compare
 	$(BIN)/python -m bench engine
 	$(BIN)/python -m bench sim-cost
+	$(BIN)/python -m bench bus
 
 readme: $(VENV)/.installed-dev
 	$(BIN)/python -m scripts.readme_tables

@@ -170,6 +170,12 @@ def parser() -> argparse.ArgumentParser:
                        "streams")  # fmt: skip
     p.add_argument("--seconds", type=_positive_float, default=10.0)
     _common(p)
+    p = sub.add_parser("bus", help="two replicas on private PostgreSQL + Redis: re-attach "
+                       "latency through Redis against in-process, fan-out over both")  # fmt: skip
+    p.add_argument("--runs", type=_positive_int, default=60)
+    p.add_argument("--subscribers", type=_positive_int, default=1000)
+    p.add_argument("--tokens", type=_positive_int, default=300)
+    _common(p)
     return root
 
 
@@ -347,12 +353,27 @@ async def _sim_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _bus(args: argparse.Namespace) -> int:
+    from bench import bus
+
+    why = bus.unavailable()
+    if why is not None:
+        print(f"bus: skipped ({why})")
+        return 0
+    pinning = Pinning.plan(False)
+    results = await bus.measure(args.runs, args.subscribers, args.tokens)
+    _report(args, pinning, "bus", results, bus.render(results),
+            {"every subscriber got every delta": results["fanout"]["complete"]})  # fmt: skip
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "run": _run,
     "compare": _compare,
     "footprint": _footprint,
     "engine": _engine,
     "sim-cost": _sim_cost,
+    "bus": _bus,
 }
 
 

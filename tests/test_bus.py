@@ -149,3 +149,21 @@ async def test_an_expired_lease_is_failed_by_the_other_bus_once(
     await asyncio.sleep(1.0)
     assert len(failed) == 1
     assert followed.topic.text(0) == ""
+
+
+async def test_readers_following_at_once_share_one_rebuilt_topic(
+    buses: tuple[RedisBus, RedisBus],
+) -> None:
+    a, b = buses
+    topic = run_topic(64)
+    a.mirror("run_2", "run", topic, lambda key: f"msg_{key}", retention=5)
+    topic.publish(b"event: created\n\n")
+    await a.sync()
+    followed = await asyncio.gather(*(b.follow("run_2", 64) for _ in range(50)))
+    assert len({id(f) for f in followed}) == 1  # one topic, fed by the one read loop
+    first = followed[0]
+    assert first is not None
+    readers = [asyncio.create_task(drain(first.topic)) for _ in range(3)]
+    topic.publish_text("after")
+    topic.close(b"event: done\n\n")
+    assert all(got.endswith(b"event: done\n\n") for got in await asyncio.gather(*readers))

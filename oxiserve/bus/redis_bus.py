@@ -91,10 +91,12 @@ class RedisBus:
         import redis.asyncio as redis
 
         # Any: redis-py's command signatures are too loose to type what the replies are.
-        self._client: Any = redis.Redis.from_url(
-            url, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=0,
-            max_connections=64,
-        )  # fmt: skip
+        # A burst waits for a free connection (up to the socket timeout) rather than failing:
+        # "too many connections" is load, not the bus being down.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=1.0, max_connections=64, timeout=2.0
+        )
+        self._client: Any = redis.Redis(connection_pool=pool)
         self._redis = redis
         self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.lease_timeout = lease_timeout
@@ -106,6 +108,7 @@ class RedisBus:
         self._released: list[str] = []
         self._remotes: dict[str, _Remote] = {}  # by job id
         self._remotes_changed = asyncio.Event()
+        self._following: dict[str, asyncio.Future[Follower | None]] = {}  # being rebuilt
         self._expired: dict[str, Expired] = {}  # by kind
         self._handlers: dict[str, Handler] = {}
         self._unfinished: Unfinished | None = None
@@ -141,7 +144,7 @@ class RedisBus:
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)
 
     def _where(self) -> str:
         kwargs = self._client.connection_pool.connection_kwargs
@@ -243,6 +246,23 @@ class RedisBus:
         remote = self._remotes.get(job_id)
         if remote is not None and not remote.follower.topic.closed:
             return remote.follower
+        pending = self._following.get(job_id)
+        if pending is not None:  # another reader here is rebuilding it: share theirs
+            return await asyncio.shield(pending)
+        future = self._following[job_id] = asyncio.get_running_loop().create_future()
+        try:
+            made = await self._rebuild(job_id, capacity)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the readers that share it get it raised
+            raise
+        else:
+            future.set_result(made)
+            return made
+        finally:
+            del self._following[job_id]
+
+    async def _rebuild(self, job_id: str, capacity: int) -> Follower | None:
         try:
             reply = await self._snapshot(keys=[prefix(job_id)])
         except (OSError, self._redis.RedisError) as exc:
