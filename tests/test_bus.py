@@ -142,7 +142,7 @@ async def test_an_expired_lease_is_failed_by_the_other_bus_once(
     assert failed == []  # renewed while its owner lives
     followed = await b.follow("run_9", 8)
     assert followed is not None
-    a._leases.clear()  # the owner stops renewing, as a dead one does
+    await a.close()  # the owner stops renewing, as a dead one does
     await until(lambda: failed, timeout=10)
     await asyncio.wait_for(followed.topic.wait_first(), 5)
     await until(lambda: followed.topic.closed)

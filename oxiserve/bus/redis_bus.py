@@ -103,6 +103,8 @@ class RedisBus:
         self.healthy = False
         self._snapshot = self._client.register_script(_SNAPSHOT)
         self._queue: list[Mirror] = []
+        self._mirrors: set[Mirror] = set()  # not finished: written again whole after an outage
+        self._reap_after = 0.0  # monotonic: no reaping before (owners renew after an outage)
         self._wake = asyncio.Event()
         self._leases: set[str] = set()  # members this replica holds
         self._released: list[str] = []
@@ -115,6 +117,7 @@ class RedisBus:
         self._calls: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._flushing = False
+        self._closed = False
         self._flushed = asyncio.Event()  # set after each flush
 
     # --- life --------------------------------------------------------------------------------
@@ -131,14 +134,21 @@ class RedisBus:
         self._tasks = [loop.create_task(run()) for run in loops]
 
     async def close(self) -> None:
-        """Flush what is left (bounded), stop the tasks, drop this replica's leases' owners
-        (a job still running here when the process ends is failed by the next reaper)."""
+        """Flush what is left (bounded; the jobs' ends and released leases among it), stop the
+        tasks, and say this replica is gone (any lease it still holds is then reaped as soon
+        as it lapses).  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         if self._queue and self.healthy:
             self._wake.set()
             for _ in range(20):
                 if not self._queue:
                     break
                 await asyncio.sleep(0.01)
+        if self.healthy:
+            with contextlib.suppress(OSError, self._redis.RedisError):
+                await self._client.delete(f"oxi:alive:{self.replica}")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -177,6 +187,7 @@ class RedisBus:
         """Mirror ``topic`` (a job's, from its first frame) into Redis until it closes;
         ``layout`` gives a key's text frames (readers resuming mid-stream need it)."""
         mirror = Mirror(job_id, kind, topic, key_id, retention, layout)
+        self._mirrors.add(mirror)
         watch = topic.subscribe(0)
         watch.attach(lambda _frame: self._dirty(mirror))
         self._dirty(mirror)
@@ -214,6 +225,7 @@ class RedisBus:
             self._flushing = True
             try:
                 await pipe.execute()
+                self._mirrors.difference_update([m for m in batch if m.finished])
             except (OSError, self._redis.RedisError) as exc:
                 self._down(exc)
                 for mirror in batch:  # written again, whole, when the bus is back
@@ -367,10 +379,8 @@ class RedisBus:
                 self._down(exc)
                 continue
             if not self.healthy:
-                log.warning("bus: %s is reachable again", self._where())
-                self.healthy = True
-                self._wake.set()
-                count = renew_every  # renew and reap at once
+                self._recovered()
+                count = renew_every  # renew at once
             if count % renew_every:
                 continue
             try:
@@ -383,7 +393,23 @@ class RedisBus:
             except Exception:
                 log.exception("bus: reaping failed")
 
+    def _recovered(self) -> None:
+        """The bus is back: every unfinished mirror is written again whole (Redis may have
+        lost it), and no lease is reaped for a third of a lease, so that replicas which
+        could not renew theirs during the outage renew them first."""
+        log.warning("bus: %s is reachable again", self._where())
+        self.healthy = True
+        for mirror in self._mirrors:
+            mirror.broken, mirror.finished = True, False
+            self._dirty(mirror)
+        self._reap_after = time.monotonic() + self.lease_timeout / 3 + 1.0
+        self._wake.set()
+
     async def _renew(self) -> None:
+        # This replica is alive for a lease: a reaper leaves its jobs to it, even if one of
+        # their leases lapsed (a renewal that came late).
+        await self._client.set(f"oxi:alive:{self.replica}", b"1",
+                               px=int(self.lease_timeout * 1000))  # fmt: skip
         if self._leases:
             until = time.time() + self.lease_timeout
             pipe = self._client.pipeline(transaction=False)
@@ -392,8 +418,13 @@ class RedisBus:
             await pipe.execute()
 
     async def _reap(self) -> None:
+        if time.monotonic() < self._reap_after:
+            return
         expired = await self._client.zrangebyscore(LEASES, 0, time.time(), start=0, num=64)
         for member in expired:
+            owner = await self._client.hget(OWNERS, member)
+            if owner is not None and await self._client.exists(f"oxi:alive:{owner.decode()}"):
+                continue  # its replica lives: its next renewal comes
             if await self._client.zrem(LEASES, member):  # this replica fails it, no other
                 await self._client.hdel(OWNERS, member)
                 await self._fail(member.decode())
@@ -401,7 +432,7 @@ class RedisBus:
     async def _sweep(self) -> None:
         """Unfinished jobs in the store with no lease (their replica died while the bus was
         down, or before it took one) fail too, once older than a lease."""
-        if self._unfinished is None:
+        if self._unfinished is None or time.monotonic() < self._reap_after:
             return
         jobs = await self._unfinished()
         if not jobs:
