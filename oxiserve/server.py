@@ -69,16 +69,23 @@ def banner(url: str, config: Config, loop_name: str) -> str:
     return line
 
 
-async def _open_bus(config: Config) -> RedisBus:
+async def _open_bus(config: Config, limits: Limits) -> RedisBus:
     try:
         bus = RedisBus(config.bus, config.lease_timeout)
     except ImportError:
         raise StartupError("--bus needs the redis package: pip install 'oxiserve[redis]'") from None
+    shared = None
+    if limits.enabled:  # global limits: the replicas say what they took
+        from oxiserve.bus.limits import SharedLimits
+
+        shared = SharedLimits(bus, limits)
     try:
         await bus.start()
     except BusDown as exc:
         await bus.close()
         raise StartupError(str(exc)) from None
+    if shared is not None:
+        bus.spawn(shared.run)
     return bus
 
 
@@ -139,9 +146,12 @@ class Server:
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         bus: RedisBus | None = None
+        config = self.config
+        limits = Limits(config.rate_limit_rps, config.rate_limit_burst, config.rate_limit_tpm,
+                        config.max_concurrent_streams)  # fmt: skip
         try:
             if self.config.bus:
-                bus = await _open_bus(self.config)
+                bus = await _open_bus(self.config, limits)
             jobs = JobSupervisor(self.config.job_retention, max_retained=self.config.retained_jobs)
             metrics = Metrics(self._gauges(engine, jobs), runs=lambda: runs.statuses())
             runs = Runs(RunContext(self.config, engine, store, metrics), jobs, bus)
@@ -158,11 +168,10 @@ class Server:
         try:
             keys = KeyRing(self.config.api_key, self.config.api_keys_file)
         except ValueError as exc:
+            if bus is not None:
+                await bus.close()
             await store.close()
             raise StartupError(str(exc)) from None
-        config = self.config
-        limits = Limits(config.rate_limit_rps, config.rate_limit_burst, config.rate_limit_tpm,
-                        config.max_concurrent_streams)  # fmt: skip
         self.state = AppState(config, engine, jobs, store=store, runs=runs, keys=keys,
                               limits=limits, metrics=metrics, bus=bus,
                               ready_at=time.monotonic() + config.sim_startup_delay)  # fmt: skip

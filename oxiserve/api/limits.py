@@ -9,6 +9,11 @@ first); every response carries ``x-ratelimit-{limit,remaining,reset}-{requests,t
     headers = limits.admit("key_1a2b", tokens=1200)   # raises RateLimited when over
     limits.stream_opened("key_1a2b") ... limits.stream_closed("key_1a2b")
 
+With a bus the limits are global: each replica still decides alone (no round trip per
+request), and tells the others every 100 ms what it took (``take_spent``/``absorb``) and
+how many streams each caller has open on it (``open_streams``/``streams_elsewhere``), so a
+caller's budget is shared by every replica within that delay (``oxiserve.bus.limits``).
+
 At most ``MAX_KEYS`` callers are tracked (least recently seen dropped first): a bucket that has
 refilled is the same as a new one, so forgetting an idle caller changes nothing, and a flood of
 distinct keys or addresses cannot grow the state without bound.
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 from oxiserve.errors import APIError
 
 MAX_KEYS = 10_000
+STREAMS_STALE = 3.0  # seconds another replica's open-stream counts hold without being repeated
 Headers = tuple[tuple[str, str], ...]
 
 
@@ -75,6 +81,11 @@ class Limits:
         self.burst = float(burst or max(1, math.ceil(rps)))
         self._clock = clock
         self._callers: OrderedDict[str, _Caller] = OrderedDict()
+        self.shared = False  # a bus shares them: what is taken here is noted for the others
+        self._spent: dict[str, list[float]] = {}  # caller -> [requests, tokens] since told
+        self._streams_changed: set[str] = set()
+        # caller -> replica -> (its open streams, when it said so)
+        self._elsewhere: dict[str, dict[str, tuple[int, float]]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -115,7 +126,7 @@ class Limits:
                 )  # fmt: skip
             if budget.level < tokens:
                 waits.append((tokens - budget.level) / (self.tpm / 60.0))
-        if stream and self.streams and caller.streams >= self.streams:
+        if stream and self.streams and caller.streams + self._others(who, now) >= self.streams:
             raise RateLimited(
                 f"Too many open streams: at most {self.streams} at once.",
                 headers=(("retry-after", "1"), *self._headers(caller)),
@@ -132,7 +143,52 @@ class Limits:
             requests.level -= 1
         if self.tpm:
             budget.level -= tokens
+        if self.shared:
+            spent = self._spent.setdefault(who, [0.0, 0.0])
+            spent[0] += 1
+            spent[1] += tokens
         return self._headers(caller)
+
+    # --- shared by a bus ---------------------------------------------------------------------
+
+    def take_spent(self) -> dict[str, list[float]]:
+        """What was taken here since the last call, per caller: [requests, tokens]."""
+        spent, self._spent = self._spent, {}
+        return spent
+
+    def absorb(self, who: str, requests: float, tokens: float) -> None:
+        """Another replica took this from ``who``'s budget: it is gone here too."""
+        now = self._clock()
+        caller = self._caller(who, now)
+        if self.rps:
+            caller.requests.refill(now, self.rps, self.burst)
+            caller.requests.level -= requests
+        if self.tpm:
+            caller.tokens.refill(now, self.tpm / 60.0, float(self.tpm))
+            caller.tokens.level -= tokens
+
+    def open_streams(self, every: bool = False) -> dict[str, int]:
+        """Callers' open streams here: those changed since the last call (``every``: all
+        with one open, as a replica repeats them so others' counts never go stale)."""
+        changed, self._streams_changed = self._streams_changed, set()
+        if every:
+            changed |= {who for who, caller in self._callers.items() if caller.streams}
+        return {who: self._callers[who].streams if who in self._callers else 0
+                for who in changed}  # fmt: skip
+
+    def streams_elsewhere(self, replica: str, counts: dict[str, int]) -> None:
+        now = self._clock()
+        for who, count in counts.items():
+            self._elsewhere.setdefault(who, {})[replica] = (count, now)
+
+    def _others(self, who: str, now: float) -> int:
+        replicas = self._elsewhere.get(who)
+        if not replicas:
+            return 0
+        for replica, (_, said) in list(replicas.items()):
+            if now - said > STREAMS_STALE:  # a replica that stopped saying: gone
+                del replicas[replica]
+        return sum(count for count, _ in replicas.values())
 
     def _headers(self, caller: _Caller) -> Headers:
         headers: list[tuple[str, str]] = []
@@ -154,11 +210,15 @@ class Limits:
 
     def stream_opened(self, who: str) -> None:
         self._caller(who, self._clock()).streams += 1
+        if self.shared:
+            self._streams_changed.add(who)
 
     def stream_closed(self, who: str) -> None:
         caller = self._callers.get(who)
         if caller is not None and caller.streams:
             caller.streams -= 1
+            if self.shared:
+                self._streams_changed.add(who)
 
     @property
     def tracked(self) -> int:

@@ -25,7 +25,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -113,6 +113,8 @@ class RedisBus:
         self._following: dict[str, asyncio.Future[Follower | None]] = {}  # being rebuilt
         self._expired: dict[str, Expired] = {}  # by kind
         self._handlers: dict[str, Handler] = {}
+        self._broadcasts: dict[str, Callable[[dict[str, Any]], None]] = {}
+        self._subscribed: set[str] = set()  # broadcast channels the listener has joined
         self._unfinished: Unfinished | None = None
         self._calls: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -131,7 +133,7 @@ class RedisBus:
         self.healthy = True
         loop = asyncio.get_running_loop()
         loops = (self._flush_loop, self._read_loop, self._lease_loop, self._listen_loop)
-        self._tasks = [loop.create_task(run()) for run in loops]
+        self._tasks += [loop.create_task(run()) for run in loops]
 
     async def close(self) -> None:
         """Flush what is left (bounded; the jobs' ends and released leases among it), stop the
@@ -140,12 +142,9 @@ class RedisBus:
         if self._closed:
             return
         self._closed = True
-        if self._queue and self.healthy:
+        if self.healthy:
             self._wake.set()
-            for _ in range(20):
-                if not self._queue:
-                    break
-                await asyncio.sleep(0.01)
+            await self.sync(2.0)
         if self.healthy:
             with contextlib.suppress(OSError, self._redis.RedisError):
                 await self._client.delete(f"oxi:alive:{self.replica}")
@@ -168,6 +167,25 @@ class RedisBus:
     def on_unfinished(self, finder: Unfinished) -> None:
         """``finder`` lists the store's unfinished jobs, for the sweep of lease-less ones."""
         self._unfinished = finder
+
+    def on_broadcast(self, channel: str, handler: Callable[[dict[str, Any]], None]) -> None:
+        """``handler`` gets every message ``broadcast`` on ``channel`` by any replica (this
+        one's included: ``message["from"]`` says whose)."""
+        self._broadcasts[channel] = handler
+        self._subscribed.discard(channel)
+
+    async def broadcast(self, channel: str, message: dict[str, Any]) -> None:
+        """Publish ``message`` to every replica (lossy, as pub/sub is: for what is repeated)."""
+        self._check()
+        try:
+            await self._client.publish(channel, orjson.dumps({**message, "from": self.replica}))
+        except (OSError, self._redis.RedisError) as exc:
+            self._down(exc)
+            raise BusDown("the bus cannot be reached") from None
+
+    def spawn(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``run()`` as one of the bus's tasks (stopped by ``close``)."""
+        self._tasks.append(asyncio.get_running_loop().create_task(run()))
 
     def handle(self, op: str, handler: Handler) -> None:
         """Serve ``op`` for the jobs this replica owns (``call`` from any replica)."""
@@ -242,7 +260,7 @@ class RedisBus:
         once while the bus is down): a replica told of a job right after may read it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (self._queue or self._flushing) and self.healthy:
+        while (self._queue or self._released or self._flushing) and self.healthy:
             self._flushed.clear()
             left = deadline - loop.time()
             if left <= 0:
@@ -519,10 +537,20 @@ class RedisBus:
         while True:
             pubsub = self._client.pubsub()
             try:
+                self._subscribed = set()
                 await pubsub.subscribe(channel)
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None:
+                    joining = set(self._broadcasts) - self._subscribed
+                    if joining:
+                        await pubsub.subscribe(*joining)
+                        self._subscribed |= joining
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if message is None:
+                        continue
+                    heard = self._broadcasts.get(message["channel"].decode())
+                    if heard is not None:
+                        heard(orjson.loads(message["data"]))
+                    else:
                         self._received(orjson.loads(message["data"]))
             except (OSError, self._redis.RedisError) as exc:
                 self._down(exc)

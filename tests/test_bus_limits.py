@@ -1,0 +1,64 @@
+"""Rate limits are global with a bus: what one replica admits, the others take from the
+same caller's budget within a tick."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import running
+from tests.redis_server import PrivateRedis
+
+CHAT = {"model": "oxiserve-sim", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def settle() -> None:
+    await asyncio.sleep(0.4)  # a few of the bus's 100 ms ticks
+
+
+async def test_requests_admitted_by_one_replica_count_on_the_other(
+    private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    shared = {"bus": private_redis.new_database(), "db": str(tmp_path / "shared.db"),
+              "rate_limit_rps": 0.01, "rate_limit_burst": 4}  # fmt: skip
+    async with running(**shared) as a, running(**shared) as b, httpx.AsyncClient() as client:
+        await settle()
+        for _ in range(4):
+            assert (await client.post(f"{a.url}/v1/chat/completions", json=CHAT)).status_code == 200
+        await settle()
+        refused = await client.post(f"{b.url}/v1/chat/completions", json=CHAT)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_without_a_bus_each_server_has_its_own_budget(tmp_path: Path) -> None:
+    alone = {"rate_limit_rps": 0.01, "rate_limit_burst": 4}
+    async with running(**alone) as a, running(**alone) as b, httpx.AsyncClient() as client:
+        for _ in range(4):
+            assert (await client.post(f"{a.url}/v1/chat/completions", json=CHAT)).status_code == 200
+        assert (await client.post(f"{b.url}/v1/chat/completions", json=CHAT)).status_code == 200
+
+
+async def test_open_streams_count_across_replicas_and_are_given_back(
+    private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    shared = {"bus": private_redis.new_database(), "db": str(tmp_path / "shared.db"),
+              "max_concurrent_streams": 1, "sim_itl_ms": 20,
+              "sim_default_max_tokens": 1000}  # fmt: skip
+    body = {**CHAT, "stream": True}
+    async with running(**shared) as a, running(**shared) as b, httpx.AsyncClient() as client:
+        await settle()
+        async with client.stream("POST", f"{a.url}/v1/chat/completions", json=body) as held:
+            assert held.status_code == 200
+            chunks = held.aiter_bytes()  # held: a dropped iterator would close the stream
+            await chunks.__anext__()
+            await settle()
+            refused = await client.post(f"{b.url}/v1/chat/completions", json=body)
+            assert refused.status_code == 429
+        await settle()  # closed on A: B may open one again
+        short = {**CHAT, "stream": True, "max_tokens": 2}
+        again = await client.post(f"{b.url}/v1/chat/completions", json=short)
+        assert again.status_code == 200
