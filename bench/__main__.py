@@ -361,7 +361,8 @@ async def _bus(args: argparse.Namespace) -> int:
         print(f"bus: skipped ({why})")
         return 0
     pinning = Pinning.plan(False)
-    results = await bus.measure(args.runs, args.subscribers, args.tokens)
+    results = {"workers": await bus.workers()}
+    results |= await bus.measure(args.runs, args.subscribers, args.tokens)
     _report(args, pinning, "bus", results, bus.render(results),
             {"every subscriber got every delta": results["fanout"]["complete"]})  # fmt: skip
     return 0

@@ -1,4 +1,8 @@
-"""``python -m bench bus``: two replicas sharing PostgreSQL and Redis (private instances).
+"""``python -m bench bus``: one process against ``--workers 2``, and two replicas sharing
+PostgreSQL and Redis (private instances).
+
+* **workers**: non-stream chat requests/s and streamed events/s (32 connections) with
+  ``--workers`` 1 and 2;
 
 * **re-attach latency**: a run is created on replica A; the time to its re-attached stream's
   first event, on A (the in-process topic) and on B (through Redis: a snapshot, then XREAD);
@@ -22,8 +26,11 @@ from typing import Any
 
 import httpx
 
+from bench.catalog import OXISERVE, SCENARIOS
+from bench.load import LoadSpec, run_load
 from bench.procs import ServerProcess
 from bench.run import oxiserve_args
+from bench.scenarios import Target, Workload
 
 
 async def _run_on(client: httpx.AsyncClient, base: str, ids: dict[str, str]) -> tuple[str, str]:
@@ -71,6 +78,28 @@ async def _subscriber(host: str, port: int, path: str) -> tuple[int, float, floa
             break
     writer.close()
     return count + tail.count(b"event: thread.message.delta"), first, time.perf_counter()
+
+
+async def workers(seconds: float = 3.0, concurrency: int = 32) -> dict[str, Any]:
+    """Non-stream chat req/s and stream events/s with 1 and 2 worker processes."""
+    out: dict[str, Any] = {}
+    for count in (1, 2):
+        flags = oxiserve_args(port=0, workers=count, db=":memory:")
+        async with ServerProcess(OXISERVE.argv((*flags, "--no-access-log"))) as server:
+            target = Target.parse(server.url)
+            figures: dict[str, float] = {}
+            for name, key, tokens in (("chat", "requests_per_s", 16),
+                                      ("chat-stream", "events_per_s", 256)):  # fmt: skip
+                scenario = SCENARIOS[name](target, Workload(max_tokens=tokens))
+                warm = LoadSpec(concurrency=concurrency, duration=0.5)
+                await run_load(target.host, target.port, scenario, warm)
+                spec = LoadSpec(concurrency=concurrency, duration=seconds, timeout=60.0)
+                summary = (await run_load(target.host, target.port, scenario, spec)).summary()
+                if summary.errors:
+                    raise RuntimeError(f"errors with {count} workers: {summary.errors}")
+                figures[f"{name} {key}"] = getattr(summary, key)
+            out[str(count)] = figures
+    return out
 
 
 def _quantiles(samples: list[float]) -> dict[str, float]:
@@ -154,8 +183,13 @@ async def _measure(
 
 
 def render(result: dict[str, Any]) -> str:
-    r, f = result["reattach"], result["fanout"]
+    r, f, w = result["reattach"], result["fanout"], result.get("workers", {})
     lines = [
+        "| --workers | non-stream chat req/s (32 connections) | stream events/s (32 streams) |",
+        "|---:|---:|---:|",
+        *(f"| {n} | {v['chat requests_per_s']:,.0f} | {v['chat-stream events_per_s']:,.0f} |"
+          for n, v in w.items()),
+        "",
         "| re-attach to a live run | p50 | p99 | runs |", "|---|---:|---:|---:|",
         *(f"| {side.replace('_', ' ')} | {v['p50_ms']:.2f} ms | {v['p99_ms']:.2f} ms | {v['n']} |"
           for side, v in r.items()),

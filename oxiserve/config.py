@@ -269,9 +269,6 @@ class Config:
             problems.append("stream_buffer must be at least 2")
         if self.bus and not self.bus.startswith(("redis://", "rediss://", "unix://")):
             problems.append("bus must be a redis://HOST:PORT/N URL")
-        if self.bus and self.db == ":memory:":
-            problems.append("--bus needs a store the replicas share (--db postgresql://... or "
-                            "an SQLite file), not :memory:")  # fmt: skip
         if self.lease_timeout <= 0:
             problems.append("lease_timeout must be positive")
         if 0 < self.max_buffered_bytes < 64 * 1024:

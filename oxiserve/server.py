@@ -140,6 +140,9 @@ class Server:
             raise RuntimeError("server already started")
         loop = asyncio.get_running_loop()
         tls = self._tls()  # a bad certificate stops the start before anything is opened
+        if self.config.bus and self.config.db == ":memory:":
+            raise StartupError("--bus needs a store the replicas share (--db postgresql://... "
+                               "or an SQLite file), not --db :memory:")  # fmt: skip
         engine = self._engine or create_engine(self.config, load=False)
         try:
             store = await open_store(self.config.db)

@@ -164,6 +164,8 @@ class ResponseJob:
         loop = asyncio.get_running_loop()
         started, first = loop.time(), None
         next_checkpoint = loop.time() + CHECKPOINT_SECONDS
+        if response["background"]:  # in_progress for every replica that reads the store
+            await self._checkpoint()
         try:
             async for piece in stream:
                 if self._cancelled:
@@ -212,8 +214,10 @@ class ResponseJob:
         if not self.response["store"] or self.deleted:
             return
         partial = dict(self.response)
-        text = "".join(self._pieces)
-        partial["output"] = [objects.message_item(self.writer.item_id(0), text, "in_progress")]
+        if self._pieces:
+            text = "".join(self._pieces)
+            item = objects.message_item(self.writer.item_id(0), text, "in_progress")
+            partial["output"] = [item]
         await self._ctx.store.put(response_record(partial, self.owner))
 
     async def _end(self) -> None:
