@@ -464,6 +464,26 @@ async def test_a_run_on_one_replica_is_cancelled_from_another(
     assert message["incomplete_details"] == {"reason": "run_cancelled"}
 
 
+async def test_a_thread_has_one_active_run_across_replicas(
+    private_postgres: PrivatePostgres, private_redis: PrivateRedis
+) -> None:
+    async with (
+        two_replicas(private_postgres, private_redis) as (a, b),
+        http_for(a.url) as on_a,
+        http_for(b.url) as on_b,
+    ):
+        asst, thread, run = await thread_with_run(on_a, max_completion_tokens=LONG_TOKENS)
+        t = thread["id"]
+        second = await on_b.post(f"/v1/threads/{t}/runs", json={"assistant_id": asst["id"]})
+        assert second.status_code == 400
+        assert run["id"] in second.json()["error"]["message"]
+        path = f"/v1/threads/{t}/runs/{run['id']}"
+        await ok(await on_b.post(f"{path}/cancel", json={}))
+        await poll(on_b, path, lambda r: r["status"] in TERMINAL)
+        again = await on_b.post(f"/v1/threads/{t}/runs", json={"assistant_id": asst["id"]})
+        assert again.status_code == 200  # the thread is free once the run has ended
+
+
 async def test_a_background_response_on_one_replica_is_cancelled_from_another(
     private_postgres: PrivatePostgres, private_redis: PrivateRedis
 ) -> None:

@@ -83,6 +83,8 @@ async def _start(
         with runs.reserving(thread_id):  # no other run, and no delete, until this one starts
             if not first:  # an existing thread: it must still be there
                 await fetch(state, request, Kind.THREAD, thread_id)
+                if state.bus is not None:
+                    await _not_active_elsewhere(state, thread_id, owner)
             topic = await on_bus(runs.start(run, assistant, records, owner, first,
                                              engine_headers(request)))  # fmt: skip
     except NotAccepting as exc:
@@ -90,6 +92,15 @@ async def _start(
     if stream:
         return _stream(state, topic)
     return json_response(run)
+
+
+async def _not_active_elsewhere(state: AppState, thread_id: str, owner: str) -> None:
+    """With replicas, the thread's active run may be another one's: the newest stored run
+    is the only one that can be active (each run starts only when none is)."""
+    newest = await store_of(state).list(Kind.RUN, thread_id, limit=1, owner=owner)
+    if newest.data and newest.data[0]["status"] not in TERMINAL:
+        run_id = newest.data[0]["id"]
+        raise NotAccepting(f"Thread {thread_id} already has an active run {run_id}.")
 
 
 def _new_run(state: AppState, body: dict[str, Any], thread_id: str) -> dict[str, Any]:
