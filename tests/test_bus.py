@@ -61,7 +61,7 @@ async def test_a_followed_topic_is_the_owners_frame_for_frame(
     for i in range(20):
         topic.publish_text(f"t{i} ")
         await asyncio.sleep(0)
-    await asyncio.sleep(0.05)
+    await a.sync()
     followed = await b.follow("run_1", 64)
     assert followed is not None
     live = asyncio.create_task(drain(followed.topic))
@@ -93,7 +93,7 @@ async def test_a_reader_behind_the_stream_gets_exactly_the_missed_text(
         writer.text(0, f"w{i} ")
         if pace == "trimmed" and i % 4 == 0:
             await asyncio.sleep(0.003)  # each batch flushed before the ring overruns it
-    await asyncio.sleep(0.1)
+    await a.sync()
     followed = await b.follow("resp_1", 16)
     assert followed is not None
     assert followed.topic.seq == topic.seq

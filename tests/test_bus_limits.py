@@ -4,18 +4,45 @@ same caller's budget within a tick."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
+from oxiserve import Server
+from oxiserve.api.limits import Limits
+from oxiserve.bus.limits import CHANNEL
 from tests.conftest import running
 from tests.redis_server import PrivateRedis
 
 CHAT = {"model": "oxiserve-sim", "messages": [{"role": "user", "content": "hi"}]}
 
 
-async def settle() -> None:
-    await asyncio.sleep(0.4)  # a few of the bus's 100 ms ticks
+WHO = "127.0.0.1"  # the caller without API keys: its address
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait (bounded) for what a replica learns from the others' ticks."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "the replicas did not agree in time"
+        await asyncio.sleep(0.01)
+
+
+def limits_of(server: Server) -> Limits:
+    assert server.state is not None
+    assert server.state.limits is not None
+    return server.state.limits
+
+
+def listening(*servers: Server) -> Callable[[], bool]:
+    """Every server's bus has joined the limits channel."""
+
+    def check() -> bool:
+        return all(s.state is not None and s.state.bus is not None
+                   and CHANNEL in s.state.bus._subscribed for s in servers)  # fmt: skip
+
+    return check
 
 
 async def test_requests_admitted_by_one_replica_count_on_the_other(
@@ -24,10 +51,10 @@ async def test_requests_admitted_by_one_replica_count_on_the_other(
     shared = {"bus": private_redis.new_database(), "db": str(tmp_path / "shared.db"),
               "rate_limit_rps": 0.01, "rate_limit_burst": 4}  # fmt: skip
     async with running(**shared) as a, running(**shared) as b, httpx.AsyncClient() as client:
-        await settle()
+        await until(listening(a, b))
         for _ in range(4):
             assert (await client.post(f"{a.url}/v1/chat/completions", json=CHAT)).status_code == 200
-        await settle()
+        await until(lambda: limits_of(b).requests_left(WHO) < 1)  # A's four, taken on B too
         refused = await client.post(f"{b.url}/v1/chat/completions", json=CHAT)
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
@@ -50,15 +77,15 @@ async def test_open_streams_count_across_replicas_and_are_given_back(
               "sim_default_max_tokens": 1000}  # fmt: skip
     body = {**CHAT, "stream": True}
     async with running(**shared) as a, running(**shared) as b, httpx.AsyncClient() as client:
-        await settle()
+        await until(listening(a, b))
         async with client.stream("POST", f"{a.url}/v1/chat/completions", json=body) as held:
             assert held.status_code == 200
             chunks = held.aiter_bytes()  # held: a dropped iterator would close the stream
             await chunks.__anext__()
-            await settle()
+            await until(lambda: limits_of(b).streams_open_elsewhere(WHO) == 1)
             refused = await client.post(f"{b.url}/v1/chat/completions", json=body)
             assert refused.status_code == 429
-        await settle()  # closed on A: B may open one again
+        await until(lambda: limits_of(b).streams_open_elsewhere(WHO) == 0)  # closed on A
         short = {**CHAT, "stream": True, "max_tokens": 2}
         again = await client.post(f"{b.url}/v1/chat/completions", json=short)
         assert again.status_code == 200

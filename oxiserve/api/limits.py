@@ -181,6 +181,18 @@ class Limits:
         for who, count in counts.items():
             self._elsewhere.setdefault(who, {})[replica] = (count, now)
 
+    def streams_open_elsewhere(self, who: str) -> int:
+        """``who``'s open streams on the other replicas, as they last said."""
+        return self._others(who, self._clock())
+
+    def requests_left(self, who: str) -> float:
+        """What ``who``'s request bucket holds now (its burst for an unknown caller)."""
+        caller = self._callers.get(who)
+        if caller is None:
+            return self.burst
+        caller.requests.refill(self._clock(), self.rps, self.burst)
+        return caller.requests.level
+
     def _others(self, who: str, now: float) -> int:
         replicas = self._elsewhere.get(who)
         if not replicas:
