@@ -110,7 +110,8 @@ class RedisBus:
         self._released: list[str] = []
         self._remotes: dict[str, _Remote] = {}  # by job id
         self._remotes_changed = asyncio.Event()
-        self._following: dict[str, asyncio.Future[Follower | None]] = {}  # being rebuilt
+        self._following: dict[str, asyncio.Task[Follower | None]] = {}  # being rebuilt
+        self._watches: set[asyncio.Task[None]] = set()  # each mirror's wait for its end
         self._expired: dict[str, Expired] = {}  # by kind
         self._handlers: dict[str, Handler] = {}
         self._broadcasts: dict[str, Callable[[dict[str, Any]], None]] = {}
@@ -148,9 +149,10 @@ class RedisBus:
         if self.healthy:
             with contextlib.suppress(OSError, self._redis.RedisError):
                 await self._client.delete(f"oxi:alive:{self.replica}")
-        for task in self._tasks:
+        stopping = [*self._tasks, *self._watches, *self._following.values()]
+        for task in stopping:
             task.cancel()
-        for task in self._tasks:
+        for task in stopping:
             with contextlib.suppress(BaseException):
                 await task
         await self._client.aclose(close_connection_pool=True)
@@ -217,7 +219,9 @@ class RedisBus:
                 watch.close()
                 self._dirty(mirror)
 
-        asyncio.get_running_loop().create_task(ended())
+        watching = asyncio.get_running_loop().create_task(ended())
+        self._watches.add(watching)  # the loop holds tasks weakly
+        watching.add_done_callback(self._watches.discard)
 
     def _dirty(self, mirror: Mirror) -> None:
         if not mirror.queued:
@@ -277,20 +281,18 @@ class RedisBus:
         if remote is not None and not remote.follower.topic.closed:
             return remote.follower
         pending = self._following.get(job_id)
-        if pending is not None:  # another reader here is rebuilding it: share theirs
-            return await asyncio.shield(pending)
-        future = self._following[job_id] = asyncio.get_running_loop().create_future()
-        try:
-            made = await self._rebuild(job_id, capacity)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: the readers that share it get it raised
-            raise
-        else:
-            future.set_result(made)
-            return made
-        finally:
+        if pending is None:  # one rebuild, whoever asks meanwhile shares it; a reader that
+            # leaves does not cancel it for the others
+            pending = asyncio.get_running_loop().create_task(self._rebuild(job_id, capacity))
+            self._following[job_id] = pending
+            pending.add_done_callback(lambda task: self._rebuilt(job_id, task))
+        return await asyncio.shield(pending)
+
+    def _rebuilt(self, job_id: str, task: asyncio.Task[Follower | None]) -> None:
+        if self._following.get(job_id) is task:
             del self._following[job_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here: the readers still waiting get it raised
 
     async def _rebuild(self, job_id: str, capacity: int) -> Follower | None:
         try:
