@@ -167,3 +167,26 @@ async def test_readers_following_at_once_share_one_rebuilt_topic(
     topic.publish_text("after")
     topic.close(b"event: done\n\n")
     assert all(got.endswith(b"event: done\n\n") for got in await asyncio.gather(*readers))
+
+
+async def test_every_key_of_a_mirror_expires_and_an_ended_one_within_its_retention(
+    buses: tuple[RedisBus, RedisBus],
+) -> None:
+    a, _ = buses
+    client = a._client
+    topic = run_topic(64)
+    a.mirror("run_3", "run", topic, lambda key: f"msg_{key}", retention=5)
+    topic.publish(b"event: created\n\n")
+    for i in range(30):
+        topic.publish_text(f"t{i} ", key=i % 2)
+        if i % 5 == 0:
+            await a.sync()
+    await a.sync()
+    keys = await client.keys("oxi:{run_3}:*")
+    assert len(keys) == 8  # the pointer; stream, hash, controls; text and layout of 2 keys
+    ttls = [await client.pttl(key) for key in keys]
+    assert all(5_000 < ttl <= 3_600_000 for ttl in ttls), ttls
+    topic.close(b"event: done\n\n")
+    await until(lambda: not a._mirrors)
+    ttls = [await client.pttl(key) for key in await client.keys("oxi:{run_3}:*")]
+    assert all(0 < ttl <= 5_000 for ttl in ttls), ttls

@@ -10,6 +10,7 @@ snapshot of the topic, so what remote readers get is exact either way.
 from __future__ import annotations
 
 import os
+import time
 from array import array
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from oxiserve.bus.entries import END, Batch, encode_control
 
 __all__ = ["Mirror", "prefix"]
 
+REFRESH = 600.0  # seconds between renewals of a running job's keys' TTLs
 KeyId = Callable[[int], str]
 # A key's text frames so far: their sequence numbers and the text lengths after them.
 Layout = Callable[[int], tuple["array[int]", "array[int]"]]
@@ -33,8 +35,9 @@ class Mirror:
     """See the module docstring.  ``commands`` adds what is new to a pipeline."""
 
     __slots__ = (
-        "_key_id", "_known", "_layout", "_lengths", "_retention", "_sent", "broken", "capacity",
-        "finished", "gen", "job_id", "kind", "queued", "started", "topic",
+        "_expiring", "_key_id", "_known", "_layout", "_lengths", "_refresh_at", "_retention",
+        "_sent", "broken", "capacity", "finished", "gen", "job_id", "kind", "queued", "started",
+        "topic",
     )  # fmt: skip
 
     def __init__(
@@ -59,6 +62,8 @@ class Mirror:
         self.broken = False  # a flush failed: the next one starts a new generation
         self.finished = False  # its end is in Redis
         self.queued = False
+        self._expiring: set[str] = set()  # keys that have their TTL
+        self._refresh_at = 0.0  # monotonic: when every key's TTL (and the pointer) is renewed
 
     def keys(self, name: str) -> str:
         return f"{prefix(self.job_id)}{self.gen}:{name}"
@@ -86,8 +91,6 @@ class Mirror:
             seq += 1
         self._sent = seq
         ends = topic.closed
-        ttl = int(self._retention * 1000) if ends else alive_ttl_ms
-        names = [self.keys("s"), self.keys("h"), self.keys("c")]
         fields: dict[bytes, bytes] = {}
         for key in batch.texts:
             if key not in self._known:
@@ -107,11 +110,31 @@ class Mirror:
             pipe.append(self.keys(f"l{key}"), batch.layout[key].tobytes())
         if batch.controls:
             pipe.rpush(self.keys("c"), *batch.controls)
-        names += [self.keys(f"{kind}{key}") for key in self._known for kind in "tl"]
+        self._expire(pipe, batch, bool(fields), ends, alive_ttl_ms)
+        self.finished = ends
+
+    def _expire(self, pipe: Any, batch: Batch, added: bool, ends: bool, alive_ttl_ms: int) -> None:
+        """Every key gets a TTL once, when it is made (an hour while the job runs, so a dead
+        replica's keys go), all of them again every ``REFRESH`` seconds, and the retention's
+        at the end; a flush in between adds no command for it."""
+        now = time.monotonic()
+        every = [self.keys(name) for name in "shc"]
+        every += [self.keys(f"{kind}{key}") for key in self._known for kind in "tl"]
+        if ends or now >= self._refresh_at:
+            ttl = int(self._retention * 1000) if ends else alive_ttl_ms
+            names = every
+            self._refresh_at = now + REFRESH
+            pipe.set(f"{prefix(self.job_id)}g", self.gen, px=ttl)
+        else:
+            ttl = alive_ttl_ms
+            touched = [self.keys("s")] if added else []
+            touched += [self.keys(f"{kind}{key}") for key in batch.texts for kind in "tl"]
+            touched += [self.keys("c")] if batch.controls else []
+            touched.append(self.keys("h"))  # made at the first flush, or with a new key's id
+            names = [name for name in touched if name not in self._expiring]
         for name in names:
             pipe.pexpire(name, ttl)
-        pipe.set(f"{prefix(self.job_id)}g", self.gen, px=ttl)
-        self.finished = ends
+        self._expiring.update(names)
 
     def _restart(self, pipe: Any) -> None:
         """A new generation from the topic as it is: its text and controls so far, and each
@@ -119,6 +142,7 @@ class Mirror:
         enough for a stream re-attached from its start)."""
         topic = self.topic
         self.gen, self.broken, self.started = os.urandom(4).hex(), False, True
+        self._expiring, self._refresh_at = set(), 0.0
         head = topic.seq
         self._sent, self._known = head, set()
         self._lengths = {key: topic.length(key) for key in topic.keys()}  # noqa: SIM118
