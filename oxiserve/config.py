@@ -91,6 +91,12 @@ class Config:
         "share runs, background responses and their live events between processes and "
         "replicas: a redis://HOST:PORT/N URL (the [redis] extra; needs a shared --db)",
     )
+    bus_flush_ms: float = _opt(
+        0.0,
+        "with --bus: the least time between two flushes of live events to Redis (0: the next "
+        "as soon as the last returns); more batches more tokens per command, at the cost of "
+        "that delay for readers on other replicas",
+    )
     lease_timeout: float = _opt(
         15.0,
         "with --bus: seconds after which a job whose replica stopped renewing its lease is "
@@ -269,6 +275,8 @@ class Config:
             problems.append("stream_buffer must be at least 2")
         if self.bus and not self.bus.startswith(("redis://", "rediss://", "unix://")):
             problems.append("bus must be a redis://HOST:PORT/N URL")
+        if not 0 <= self.bus_flush_ms <= 1000:
+            problems.append("bus_flush_ms must be in 0..1000")
         if self.lease_timeout <= 0:
             problems.append("lease_timeout must be positive")
         if 0 < self.max_buffered_bytes < 64 * 1024:

@@ -71,7 +71,8 @@ def banner(url: str, config: Config, loop_name: str) -> str:
 
 async def _open_bus(config: Config, limits: Limits) -> RedisBus:
     try:
-        bus = RedisBus(config.bus, config.lease_timeout)
+        bus = RedisBus(config.bus, config.lease_timeout,
+                       flush_interval=config.bus_flush_ms / 1000)  # fmt: skip
     except ImportError:
         raise StartupError("--bus needs the redis package: pip install 'oxiserve[redis]'") from None
     shared = None

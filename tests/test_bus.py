@@ -190,3 +190,26 @@ async def test_every_key_of_a_mirror_expires_and_an_ended_one_within_its_retenti
     await until(lambda: not a._mirrors)
     ttls = [await client.pttl(key) for key in await client.keys("oxi:{run_3}:*")]
     assert all(0 < ttl <= 5_000 for ttl in ttls), ttls
+
+
+async def test_a_flush_interval_batches_more_tokens_per_entry(private_redis: PrivateRedis) -> None:
+    url = private_redis.new_database()
+    counts = {}
+    for interval in (0.0, 0.2):
+        bus = RedisBus(url, lease_timeout=1.0, flush_interval=interval)
+        await bus.start()
+        try:
+            topic = run_topic(1024)
+            job = f"run_i{int(interval * 1000)}"
+            bus.mirror(job, "run", topic, lambda key: f"msg_{key}", retention=5)
+            for i in range(60):  # a token every 10 ms for 0.6 s
+                topic.publish_text(f"t{i} ")
+                await asyncio.sleep(0.01)
+            topic.close(b"event: done\n\n")
+            await until(lambda: not bus._mirrors)
+            gen = (await bus._client.get(f"oxi:{{{job}}}:g")).decode()
+            counts[interval] = await bus._client.xlen(f"oxi:{{{job}}}:{gen}:s")
+        finally:
+            await bus.close()
+    assert counts[0.2] <= 0.6 / 0.2 + 3  # one entry per 200 ms, and the ends
+    assert counts[0.0] > 2 * counts[0.2]

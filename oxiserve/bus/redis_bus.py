@@ -87,7 +87,13 @@ class _Remote:
 class RedisBus:
     """See the module docstring."""
 
-    def __init__(self, url: str, lease_timeout: float, replica: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        lease_timeout: float,
+        replica: str | None = None,
+        flush_interval: float = 0.0,
+    ) -> None:
         import redis.asyncio as redis
 
         # Any: redis-py's command signatures are too loose to type what the replies are.
@@ -100,6 +106,7 @@ class RedisBus:
         self._redis = redis
         self.replica = replica or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.lease_timeout = lease_timeout
+        self._flush_interval = flush_interval  # seconds, at least, from one flush to the next
         self.healthy = False
         self._snapshot = self._client.register_script(_SNAPSHOT)
         self._queue: list[Mirror] = []
@@ -230,8 +237,10 @@ class RedisBus:
             self._wake.set()
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
+            started = loop.time()
             self._wake.clear()
             if not self.healthy:
                 continue  # the health check wakes us when the bus is back
@@ -257,7 +266,8 @@ class RedisBus:
             finally:
                 self._flushing = False
                 self._flushed.set()
-            await asyncio.sleep(0)  # let the next batch gather
+            # let the next batch gather: an iteration at least, or what --bus-flush-ms asks
+            await asyncio.sleep(max(0.0, started + self._flush_interval - loop.time()))
 
     async def sync(self, timeout: float = 1.0) -> None:
         """Return once what was published so far is in Redis (or after ``timeout``, or at
