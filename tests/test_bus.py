@@ -206,7 +206,8 @@ async def test_a_flush_interval_batches_more_tokens_per_entry(private_redis: Pri
                 topic.publish_text(f"t{i} ")
                 await asyncio.sleep(0.01)
             topic.close(b"event: done\n\n")
-            await until(lambda: not bus._mirrors)
+            mirrors = bus._mirrors
+            await until(lambda: not mirrors)
             gen = (await bus._client.get(f"oxi:{{{job}}}:g")).decode()
             counts[interval] = await bus._client.xlen(f"oxi:{{{job}}}:{gen}:s")
         finally:
