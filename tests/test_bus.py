@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -206,8 +207,7 @@ async def test_a_flush_interval_batches_more_tokens_per_entry(private_redis: Pri
                 topic.publish_text(f"t{i} ")
                 await asyncio.sleep(0.01)
             topic.close(b"event: done\n\n")
-            mirrors = bus._mirrors
-            await until(lambda: not mirrors)
+            await until(functools.partial(lambda b: not b._mirrors, bus))
             gen = (await bus._client.get(f"oxi:{{{job}}}:g")).decode()
             counts[interval] = await bus._client.xlen(f"oxi:{{{job}}}:{gen}:s")
         finally:
