@@ -15,6 +15,7 @@ from oxiserve.api.shapes import api_error
 from oxiserve.api.state import AppState
 from oxiserve.api.stored import list_object, on_bus, owner_of, page_args, query, store_of
 from oxiserve.bus import NotOwned, RedisBus
+from oxiserve.bus.redis_bus import CALL_TIMEOUT
 from oxiserve.bus.followers import Follower
 from oxiserve.engine.base import GenerationRequest, chatml
 from oxiserve.errors import BusUnavailable, InvalidRequest, NeedsSharedState, NotFound, echo
@@ -326,8 +327,8 @@ def serve_owner_calls(state: AppState, bus: RedisBus) -> None:
         if live is None or running is None or running.task is None:
             return {"error": "not here"}
         await live.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(running.task), 5.0)
+        with contextlib.suppress(TimeoutError):  # within the caller's wait for the answer
+            await asyncio.wait_for(asyncio.shield(running.task), CALL_TIMEOUT - 1.0)
         return {"response": objects.public(live.response)}
 
     async def delete(response_id: str, args: dict[str, Any]) -> dict[str, Any]:
