@@ -15,8 +15,8 @@ from oxiserve.api.shapes import api_error
 from oxiserve.api.state import AppState
 from oxiserve.api.stored import list_object, on_bus, owner_of, page_args, query, store_of
 from oxiserve.bus import NotOwned, RedisBus
-from oxiserve.bus.redis_bus import CALL_TIMEOUT
 from oxiserve.bus.followers import Follower
+from oxiserve.bus.redis_bus import CALL_TIMEOUT
 from oxiserve.engine.base import GenerationRequest, chatml
 from oxiserve.errors import BusUnavailable, InvalidRequest, NeedsSharedState, NotFound, echo
 from oxiserve.http import sse
