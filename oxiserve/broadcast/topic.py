@@ -182,6 +182,16 @@ class Topic:
         return [(ring.frames[i & ring.mask], ring.keys[i & ring.mask], ring.ends[i & ring.mask])
                 for i in range(cursor, head)]  # fmt: skip
 
+    def newest(self) -> tuple[int, int, str]:
+        """The frame just published, as a sink called by ``publish``/``publish_text`` sees it:
+        (its key, -1 for a control frame; the key's text length after it; its text)."""
+        ring = self._ring
+        i = (self._seq - 1) & ring.mask
+        key = ring.keys[i]
+        if key < 0:
+            return key, 0, ""
+        return key, ring.ends[i], self._pieces[key][-1]
+
     def length(self, key: int = 0) -> int:
         """How many characters of text were published for ``key`` (O(1))."""
         return self._log.length(key)

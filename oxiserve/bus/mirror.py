@@ -1,10 +1,11 @@
 """The owner's side: one topic generation mirrored into Redis, a batch per flush.
 
-The mirror does not copy frames as they are published: it reads what is new from the topic
-itself (``Topic.held``: the ring's frames with their keys and text ends) when the bus flushes,
-so a burst of tokens between two flushes is one ``XADD``.  If the ring overran what the bus
-had not flushed yet (Redis was slow, or down), the mirror starts a new generation from a
-snapshot of the topic, so what remote readers get is exact either way.
+The mirror is a live sink of the topic: each frame published is noted (``capture``: the frame,
+its key, text and text end, read from the topic in O(1)), and the bus flushes what was noted,
+so a burst of tokens between two flushes is one ``XADD``.  If a flush fails (Redis down), or
+more than ``MAX_PENDING`` frames wait, the mirror starts a new generation from a snapshot of
+the topic once the bus is back; the old one gets a ``moved`` entry, so that replicas reading
+it stop (their readers re-attach) instead of waiting for an end that never comes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from oxiserve.bus.entries import END, Batch, encode_control
 __all__ = ["Mirror", "prefix"]
 
 REFRESH = 600.0  # seconds between renewals of a running job's keys' TTLs
+MAX_PENDING = 65_536  # frames a mirror holds for the bus at most (then: a new generation)
+MOVED = b"moved"
 KeyId = Callable[[int], str]
 # A key's text frames so far: their sequence numbers and the text lengths after them.
 Layout = Callable[[int], tuple["array[int]", "array[int]"]]
@@ -35,9 +38,9 @@ class Mirror:
     """See the module docstring.  ``commands`` adds what is new to a pipeline."""
 
     __slots__ = (
-        "_expiring", "_key_id", "_known", "_layout", "_lengths", "_refresh_at", "_retention",
-        "_sent", "broken", "capacity", "finished", "gen", "job_id", "kind", "queued", "started",
-        "topic",
+        "_expiring", "_key_id", "_known", "_layout", "_lengths", "_pending", "_refresh_at",
+        "_retention", "_sent", "broken", "capacity", "finished", "gen", "job_id", "kind",
+        "queued", "started", "topic",
     )  # fmt: skip
 
     def __init__(
@@ -56,6 +59,17 @@ class Mirror:
         self.capacity = topic.capacity
         self.gen = os.urandom(4).hex()
         self._sent = 0  # frames flushed
+        # (frame, key, text end, text) noted since the last flush; the frames the topic
+        # already has when the mirror is made are its first
+        self._pending: list[tuple[bytes, int, int, str]] = []
+        born = topic.held(0)
+        if born is None:  # already overran its ring: a generation from the topic as it is
+            self.broken = True
+        ends: dict[int, int] = {}
+        for frame, key, end in born or []:
+            text = topic.text(key)[ends.get(key, 0) : end] if key >= 0 else ""
+            ends[key] = end
+            self._pending.append((frame, key, end, text))
         self._lengths: dict[int, int] = {}  # text lengths after them
         self._known: set[int] = set()  # text keys whose id is in the hash
         self.started = False
@@ -65,6 +79,17 @@ class Mirror:
         self._expiring: set[str] = set()  # keys that have their TTL
         self._refresh_at = 0.0  # monotonic: when every key's TTL (and the pointer) is renewed
 
+    def capture(self, frame: bytes) -> bool:
+        """The topic's sink: note ``frame``, just published; whether the bus must be told
+        (the first frame since the last flush)."""
+        key, end, text = self.topic.newest()
+        pending = self._pending
+        pending.append((frame, key, end, text))
+        if len(pending) > MAX_PENDING:  # the bus cannot keep up: start again from the topic
+            pending.clear()
+            self.broken = True
+        return len(pending) == 1
+
     def keys(self, name: str) -> str:
         return f"{prefix(self.job_id)}{self.gen}:{name}"
 
@@ -73,21 +98,18 @@ class Mirror:
         if self.finished:
             return
         topic = self.topic
-        held = None if self.broken else topic.held(self._sent)
-        if held is None:
+        held, self._pending = self._pending, []
+        if self.broken:
             self._restart(pipe)
             held = []
         elif not self.started:
             self.started = True
             pipe.hset(self.keys("h"), mapping={"base": "0", "kind": self.kind})
         batch, lengths, seq = Batch(), self._lengths, self._sent
-        for frame, key, end in held:
-            if key < 0:
-                batch.add(seq, key, "", frame, lengths)
-            else:
-                text = topic.text(key)[lengths.get(key, 0) : end]
+        for frame, key, end, text in held:
+            if key >= 0:
                 lengths[key] = end
-                batch.add(seq, key, text, frame, lengths)
+            batch.add(seq, key, text, frame, lengths)
             seq += 1
         self._sent = seq
         ends = topic.closed
@@ -141,6 +163,9 @@ class Mirror:
         key's layout (without one, as if the key's last frame were the one before the head:
         enough for a stream re-attached from its start)."""
         topic = self.topic
+        if self.started:  # readers of the old generation stop there
+            pipe.xadd(self.keys("s"), {MOVED: b"1"}, id="*")
+            pipe.pexpire(self.keys("s"), int(self._retention * 1000))
         self.gen, self.broken, self.started = os.urandom(4).hex(), False, True
         self._expiring, self._refresh_at = set(), 0.0
         head = topic.seq

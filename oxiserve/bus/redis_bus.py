@@ -33,7 +33,7 @@ import orjson
 from oxiserve.broadcast import Topic
 from oxiserve.bus.entries import END, Snapshot, entry_frames, entry_ids
 from oxiserve.bus.followers import Follower, follower
-from oxiserve.bus.mirror import KeyId, Layout, Mirror, prefix
+from oxiserve.bus.mirror import MOVED, KeyId, Layout, Mirror, prefix
 
 log = logging.getLogger("oxiserve.bus")
 
@@ -213,10 +213,15 @@ class RedisBus:
     ) -> None:
         """Mirror ``topic`` (a job's, from its first frame) into Redis until it closes;
         ``layout`` gives a key's text frames (readers resuming mid-stream need it)."""
-        mirror = Mirror(job_id, kind, topic, key_id, retention, layout)
+        mirror = Mirror(job_id, kind, topic, key_id, retention, layout)  # notes what is there
         self._mirrors.add(mirror)
-        watch = topic.subscribe(0)
-        watch.attach(lambda _frame: self._dirty(mirror))
+        watch = topic.subscribe(topic.seq)
+
+        def capture(frame: bytes) -> None:
+            if mirror.capture(frame):
+                self._dirty(mirror)
+
+        watch.attach(capture)
         self._dirty(mirror)
 
         async def ended() -> None:
@@ -361,6 +366,9 @@ class RedisBus:
             if END in fields:
                 made.topic.close()
                 self._remotes.pop(job_id, None)
+                return
+            if MOVED in fields:  # the owner wrote the job again, elsewhere: start over
+                self._abort(job_id, "The stream was written again by its owner; re-attach.")
                 return
 
     def _abort(self, job_id: str, message: str) -> None:
