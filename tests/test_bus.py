@@ -243,3 +243,38 @@ async def test_a_generation_written_again_stops_its_readers_and_the_new_one_is_w
     await asyncio.wait_for(new.topic.wait_first(), 5)
     await until(lambda: new.topic.closed)
     assert new.topic.text(0) == "before after"
+
+
+async def test_what_others_write_into_redis_stops_no_loop(buses: tuple[RedisBus, RedisBus]) -> None:
+    a, b = buses
+
+    async def echo(job_id: str, args: dict[str, object]) -> dict[str, object]:
+        return {"echo": job_id}
+
+    a.handle("echo", echo)
+    await a.lease("run", "run_5")
+    for junk in (b"not json", b"[1, 2]", b'{"op": 3}', b'{"reply": 1, "call": "x"}'):
+        await b._client.publish(f"oxi:replica:{a.replica}", junk)
+    assert await b.call("run", "run_5", "echo", {}) == {"echo": "run_5"}  # a still listens
+    topic = run_topic(64)
+    a.mirror("run_6", "run", topic, lambda key: f"msg_{key}", retention=5)
+    topic.publish(b"event: created\n\n")
+    await a.sync()
+    spoiled = await b.follow("run_6", 64)
+    assert spoiled is not None
+    gen = (await a._client.get("oxi:{run_6}:g")).decode()
+    await a._client.xadd(f"oxi:{{run_6}}:{gen}:s", {b"tjunk": b"x"}, id="100-0")
+    await until(lambda: spoiled.topic.closed)  # its readers re-attach
+    other = run_topic(64)
+    a.mirror("run_7", "run", other, lambda key: f"msg_{key}", retention=5)
+    await a.sync()
+    fine = await b.follow("run_7", 64)
+    assert fine is not None
+    other.publish_text("still read")
+    other.close(b"event: done\n\n")
+    await until(lambda: fine.topic.closed)
+    assert fine.topic.text(0) == "still read"  # b's read loop lived on
+    await a._client.hset(f"oxi:{{run_7}}:{gen}:h", "ix", "y")
+    await a._client.set("oxi:{run_8}:g", "nogen")
+    await a._client.hset("oxi:{run_8}:nogen:h", "ix", "y")
+    assert await b.follow("run_8", 64) is None  # keys not ours: as if there were none

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from oxiserve import Server
-from oxiserve.api.limits import Limits
-from oxiserve.bus.limits import CHANNEL
+from oxiserve.api.limits import Limits, RateLimited
+from oxiserve.bus.limits import CHANNEL, SharedLimits
 from tests.conftest import running
 from tests.redis_server import PrivateRedis
 
@@ -89,3 +90,27 @@ async def test_open_streams_count_across_replicas_and_are_given_back(
         short = {**CHAT, "stream": True, "max_tokens": 2}
         again = await client.post(f"{b.url}/v1/chat/completions", json=short)
         assert again.status_code == 200
+
+
+class _FakeBus:
+    replica = "here"
+
+    def on_broadcast(self, channel: str, handler: object) -> None:
+        self.handler = handler
+
+
+def test_a_tick_out_of_shape_changes_nothing_and_debts_are_bounded() -> None:
+    limits = Limits(rps=1.0, burst=4, tpm=600)
+    shared = SharedLimits(_FakeBus(), limits)  # type: ignore[arg-type]
+    for bad in ({"spent": [1, 2]}, {"spent": {WHO: ["inf", 0]}}, {"spent": {WHO: [1e308, 0]}},
+                {"spent": {WHO: [float("nan"), 0]}}, {"streams": {WHO: -1}},
+                {"spent": {WHO: [True, 0]}}):  # fmt: skip
+        with pytest.raises(ValueError, match="objects|number|range"):
+            shared._heard({"from": "there", **bad})
+    assert limits.requests_left(WHO) == 4  # a full bucket: nothing was taken
+    shared._heard({"from": "there", "spent": {WHO: [1e9, 1e9]}, "streams": {WHO: 2}})
+    assert -4 <= limits.requests_left(WHO) < -3.9  # one bucketful owed at most (it refills)
+    assert limits.streams_open_elsewhere(WHO) == 2
+    limits.admit("another")  # the headers of a caller in debt still render
+    with pytest.raises(RateLimited):
+        limits.admit(WHO)

@@ -160,12 +160,14 @@ class Limits:
         """Another replica took this from ``who``'s budget: it is gone here too."""
         now = self._clock()
         caller = self._caller(who, now)
+        # A bucket may owe at most one more bucketful: what others took cannot lock a caller
+        # out for longer than refilling twice takes.
         if self.rps:
             caller.requests.refill(now, self.rps, self.burst)
-            caller.requests.level -= requests
+            caller.requests.level = max(-self.burst, caller.requests.level - requests)
         if self.tpm:
             caller.tokens.refill(now, self.tpm / 60.0, float(self.tpm))
-            caller.tokens.level -= tokens
+            caller.tokens.level = max(-float(self.tpm), caller.tokens.level - tokens)
 
     def open_streams(self, every: bool = False) -> dict[str, int]:
         """Callers' open streams here: those changed since the last call (``every``: all
@@ -180,6 +182,8 @@ class Limits:
         now = self._clock()
         for who, count in counts.items():
             self._elsewhere.setdefault(who, {})[replica] = (count, now)
+        while len(self._elsewhere) > MAX_KEYS:  # the oldest callers said of go first
+            del self._elsewhere[next(iter(self._elsewhere))]
 
     def streams_open_elsewhere(self, who: str) -> int:
         """``who``'s open streams on the other replicas, as they last said."""

@@ -50,9 +50,26 @@ class SharedLimits:
                     await self._bus.broadcast(CHANNEL, {"spent": spent, "streams": streams})
 
     def _heard(self, message: dict[str, Any]) -> None:
+        """Another replica's tick; anything out of shape is dropped whole (what is in Redis
+        is not trusted to be ours)."""
         sender = message.get("from")
         if not isinstance(sender, str) or sender == self._bus.replica:
             return
-        for who, (requests, tokens) in (message.get("spent") or {}).items():
-            self._limits.absorb(who, float(requests), float(tokens))
-        self._limits.streams_elsewhere(sender, dict(message.get("streams") or {}))
+        spent, streams = message.get("spent") or {}, message.get("streams") or {}
+        if not isinstance(spent, dict) or not isinstance(streams, dict):
+            raise ValueError("spent and streams must be objects")
+        taken = {who: (_amount(pair[0]), _amount(pair[1])) for who, pair in spent.items()
+                 if isinstance(pair, list) and len(pair) == 2}  # fmt: skip
+        counts = {who: int(_amount(n)) for who, n in streams.items()}
+        for who, (requests, tokens) in taken.items():
+            self._limits.absorb(who, requests, tokens)
+        self._limits.streams_elsewhere(sender, counts)
+
+
+def _amount(value: object) -> float:
+    """A count another replica sent: a finite number from 0 to 1e12."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"not a number: {value!r}")
+    if not 0 <= value <= 1e12:  # NaN fails this too
+        raise ValueError(f"out of range: {value!r}")
+    return float(value)

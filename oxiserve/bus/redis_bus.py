@@ -317,11 +317,15 @@ class RedisBus:
             raise BusDown("the bus cannot be reached") from None
         if not reply:
             return None
-        gen = reply[0].decode()
-        snap = Snapshot.decode(reply[1:])
-        made = follower(snap, capacity)
-        for seq, key, text, frame in snap.frames:
-            _publish(made, seq, key, text, frame)
+        try:
+            gen = reply[0].decode()
+            snap = Snapshot.decode(reply[1:])
+            made = follower(snap, capacity)
+            for seq, key, text, frame in snap.frames:
+                _publish(made, seq, key, text, frame)
+        except Exception:  # keys that are not ours: as if there were none (the store replays)
+            log.warning("bus: %s's keys could not be read", job_id, exc_info=True)
+            return None
         if snap.ended:
             made.topic.close()
             return made
@@ -347,7 +351,11 @@ class RedisBus:
                 continue
             for name, entries in reply or []:
                 job_id, remote = by_stream[name]
-                self._apply(job_id, remote, entries)
+                try:
+                    self._apply(job_id, remote, entries)
+                except Exception:  # an entry that is not ours: this job's readers re-attach
+                    log.warning("bus: a bad entry in %s's stream", job_id, exc_info=True)
+                    self._abort(job_id, "The stream could not be read; re-attach.")
 
     def _apply(self, job_id: str, remote: _Remote, entries: list[Any]) -> None:
         made = remote.follower
@@ -567,11 +575,7 @@ class RedisBus:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                     if message is None:
                         continue
-                    heard = self._broadcasts.get(message["channel"].decode())
-                    if heard is not None:
-                        heard(orjson.loads(message["data"]))
-                    else:
-                        self._received(orjson.loads(message["data"]))
+                    self._heard(message)
             except (OSError, self._redis.RedisError) as exc:
                 self._down(exc)
                 await asyncio.sleep(0.5)
@@ -579,13 +583,34 @@ class RedisBus:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
+    def _heard(self, message: dict[str, Any]) -> None:
+        """One pub/sub message: anything not shaped as ours is logged and dropped (a channel
+        anyone with access to Redis can write to must not stop the listener)."""
+        try:
+            data = orjson.loads(message["data"])
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            heard = self._broadcasts.get(message["channel"].decode())
+            if heard is not None:
+                heard(data)
+            else:
+                self._received(data)
+        except Exception:
+            log.warning("bus: dropped a malformed message on %r", message.get("channel"),
+                        exc_info=True)  # fmt: skip
+
     def _received(self, message: dict[str, Any]) -> None:
         if "reply" in message:
-            future = self._calls.get(message["call"])
-            if future is not None and not future.done():
+            future = self._calls.get(str(message["call"]))
+            if future is not None and not future.done() and isinstance(message["reply"], dict):
                 future.set_result(message["reply"])
             return
-        asyncio.get_running_loop().create_task(self._answer(message))
+        for name in ("op", "id", "call", "from"):
+            if not isinstance(message.get(name), str):
+                raise ValueError(f"no {name}")
+        answering = asyncio.get_running_loop().create_task(self._answer(message))
+        self._watches.add(answering)  # held until it ends (the loop holds tasks weakly)
+        answering.add_done_callback(self._watches.discard)
 
     async def _answer(self, message: dict[str, Any]) -> None:
         try:
