@@ -105,7 +105,7 @@ def test_a_tick_out_of_shape_changes_nothing_and_debts_are_bounded() -> None:
     for bad in ({"spent": [1, 2]}, {"spent": {WHO: ["inf", 0]}}, {"spent": {WHO: [1e308, 0]}},
                 {"spent": {WHO: [float("nan"), 0]}}, {"streams": {WHO: -1}},
                 {"spent": {WHO: [True, 0]}}):  # fmt: skip
-        with pytest.raises(ValueError, match="objects|number|range"):
+        with pytest.raises(ValueError, match=r"objects|number|range"):
             shared._heard({"from": "there", **bad})
     assert limits.requests_left(WHO) == 4  # a full bucket: nothing was taken
     shared._heard({"from": "there", "spent": {WHO: [1e9, 1e9]}, "streams": {WHO: 2}})
