@@ -216,7 +216,11 @@ class Topic:
 
     async def wait_first(self) -> None:
         """Return once at least one frame was published or the topic was closed."""
-        while self._seq == 0 and not self._closed:
+        await self.wait_seq(1)
+
+    async def wait_seq(self, seq: int) -> None:
+        """Return once ``seq`` frames were published or the topic was closed."""
+        while self._seq < seq and not self._closed:
             await wait(self._waiters)
 
     def statistics(self) -> TopicStatistics:

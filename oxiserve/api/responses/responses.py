@@ -244,6 +244,9 @@ async def get_response(state: AppState, request: Request) -> Response | StreamRe
     if state.bus is not None and response["status"] in UNFINISHED:  # live on another replica
         followed = await on_bus(state.bus.follow(response_id, state.config.stream_buffer))
         if followed is not None:
+            # The owner has (at least) every frame the client read: a follower a flush behind
+            # waits for them rather than sending them again.
+            await followed.topic.wait_seq(cursor)
             return _stream_followed(state, followed, cursor)
         response = await _find(state, request, response_id)  # it ended meanwhile
     frames = replay(response)
