@@ -99,10 +99,11 @@ class BusUnavailable(APIError):
     type = "server_error"
     code = "bus_unavailable"
 
-    def __init__(self) -> None:
+    def __init__(self, message: str = "") -> None:
         super().__init__(
-            "The shared bus (Redis) cannot be reached: runs, stored responses, conversations and "
-            "threads are unavailable for now. Retry shortly.",
+            message
+            or "The shared bus (Redis) cannot be reached: runs, stored responses, "
+            "conversations and threads are unavailable for now. Retry shortly.",
             headers=(("retry-after", "1"),),
         )
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from oxiserve.broadcast import EndOfTopic, Lagged, Topic
-from oxiserve.bus import RedisBus
+from oxiserve.bus import BusDown, NotOwned, OwnerUnreachable, RedisBus
 from oxiserve.responses import objects
 from oxiserve.responses.writer import ResponseWriter, TopicChannel
 from oxiserve.runs import objects as run_objects
@@ -278,3 +278,38 @@ async def test_what_others_write_into_redis_stops_no_loop(buses: tuple[RedisBus,
     await a._client.set("oxi:{run_8}:g", "nogen")
     await a._client.hset("oxi:{run_8}:nogen:h", "ix", "y")
     assert await b.follow("run_8", 64) is None  # keys not ours: as if there were none
+
+
+async def test_a_call_to_an_owner_that_does_not_answer_is_not_taken_for_no_owner(
+    buses: tuple[RedisBus, RedisBus],
+) -> None:
+    a, b = buses
+    with pytest.raises(NotOwned):  # nobody holds it: the caller may act alone
+        await b.call("run", "run_none", "cancel_run", {})
+    await a._client.hset("oxi:owners", "run:run_ghost", "a-replica-that-is-gone")
+    with pytest.raises(OwnerUnreachable):  # somebody holds it: retry, do not act alone
+        await b.call("run", "run_ghost", "cancel_run", {})
+
+
+async def test_a_refused_command_is_not_an_outage(buses: tuple[RedisBus, RedisBus]) -> None:
+    a, b = buses
+    await a._client.set("oxi:{run_10}:g", "g1")
+    await a._client.set("oxi:{run_10}:g1:h", "a string, not a hash")
+    with pytest.raises(BusDown):  # this call fails ...
+        await b.follow("run_10", 64)
+    assert b.healthy  # ... and only it
+    topic = run_topic(64)
+    a.mirror("run_11", "run", topic, lambda key: f"msg_{key}", retention=5)
+    topic.publish_text("one ")
+    await a.sync()
+    gen = (await a._client.get("oxi:{run_11}:g")).decode()
+    await a._client.xadd(f"oxi:{{run_11}}:{gen}:s", {b"x": b"y"}, id="99999-0")  # its top now
+    topic.publish_text("two")  # the owner's next XADD is refused (its id is below the top)
+    await a.sync()
+    assert a.healthy
+    topic.close(b"event: done\n\n")
+    await a.sync()
+    followed = await b.follow("run_11", 64)  # written again as a new generation
+    assert followed is not None
+    await until(lambda: followed.topic.closed)
+    assert followed.topic.text(0) == "one two"

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from oxiserve.api.state import AppState
-from oxiserve.bus import BusDown
+from oxiserve.bus import BusDown, OwnerUnreachable
 from oxiserve.errors import BusUnavailable, InvalidRequest, echo
 from oxiserve.http.messages import Request
 from oxiserve.store.base import Order, Page, Store
@@ -22,6 +22,8 @@ async def on_bus(call: Awaitable[_T]) -> _T:
     """``call`` to the bus; the bus down is a 503 with Retry-After."""
     try:
         return await call
+    except OwnerUnreachable:
+        raise BusUnavailable("The replica running it did not answer; retry shortly.") from None
     except BusDown:
         raise BusUnavailable from None
 

@@ -8,6 +8,6 @@ one topic), ``followers`` (another replica's topic rebuilt here), ``redis_bus`` 
 its tasks and the leases).
 """
 
-from oxiserve.bus.redis_bus import BusDown, NotOwned, RedisBus
+from oxiserve.bus.redis_bus import BusDown, NotOwned, OwnerUnreachable, RedisBus
 
-__all__ = ["BusDown", "NotOwned", "RedisBus"]
+__all__ = ["BusDown", "NotOwned", "OwnerUnreachable", "RedisBus"]

@@ -74,7 +74,12 @@ class BusDown(Exception):
 
 
 class NotOwned(Exception):
-    """No live replica owns the job (it ended, or its owner died)."""
+    """No replica holds the job's lease (it ended, or its owner's lease was reaped)."""
+
+
+class OwnerUnreachable(BusDown):
+    """A replica holds the job's lease but did not answer (it may be dying: its lease will
+    lapse; or busy): the caller should retry rather than act as if nobody ran the job."""
 
 
 class _Remote:
@@ -260,19 +265,29 @@ class RedisBus:
                 pipe.hdel(OWNERS, *released)
             self._flushing = True
             try:
-                await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
                 self._mirrors.difference_update([m for m in batch if m.finished])
+                refused = [r for r in replies if isinstance(r, self._redis.ResponseError)]
+                if refused:  # Redis is up but refused a command (keys not as we left them)
+                    log.warning("bus: Redis refused %d commands of a flush, first: %s; the "
+                                "jobs are written again", len(refused), refused[0])  # fmt: skip
+                    self._again(batch)
             except (OSError, self._redis.RedisError) as exc:
                 self._down(exc)
-                for mirror in batch:  # written again, whole, when the bus is back
-                    mirror.broken, mirror.finished = True, False
-                    self._dirty(mirror)
+                self._again(batch)
                 self._released += released
             finally:
                 self._flushing = False
                 self._flushed.set()
             # let the next batch gather: an iteration at least, or what --bus-flush-ms asks
             await asyncio.sleep(max(0.0, started + self._flush_interval - loop.time()))
+
+    def _again(self, batch: list[Mirror]) -> None:
+        """Write these mirrors again, whole, as new generations (at the next healthy flush)."""
+        for mirror in batch:
+            mirror.broken, mirror.finished = True, False
+            self._mirrors.add(mirror)
+            self._dirty(mirror)
 
     async def sync(self, timeout: float = 1.0) -> None:
         """Return once what was published so far is in Redis (or after ``timeout``, or at
@@ -425,6 +440,8 @@ class RedisBus:
                 self._down(exc)
                 continue
             if not self.healthy:
+                # connections that predate the outage would each fail once more
+                await self._client.connection_pool.disconnect()
                 self._recovered()
                 count = renew_every  # renew at once
             if count % renew_every:
@@ -544,10 +561,10 @@ class RedisBus:
         try:
             reached = await self._client.publish(f"oxi:replica:{owner}", orjson.dumps(message))
             if not reached:
-                raise NotOwned(job_id)
+                raise OwnerUnreachable(f"the replica running {job_id} is not listening")
             return await asyncio.wait_for(future, CALL_TIMEOUT)
         except TimeoutError:
-            raise NotOwned(job_id) from None
+            raise OwnerUnreachable(f"the replica running {job_id} did not answer") from None
         except (OSError, self._redis.RedisError) as exc:
             self._down(exc)
             raise BusDown("the bus cannot be reached") from None
@@ -629,6 +646,11 @@ class RedisBus:
             raise BusDown("the bus cannot be reached")
 
     def _down(self, exc: BaseException) -> None:
+        """A command failed: the bus is down, unless Redis answered (refusing that command,
+        e.g. for a key of another type): that fails the one call, not every request."""
+        if isinstance(exc, self._redis.ResponseError):
+            log.warning("bus: Redis refused a command: %s", exc)
+            return
         if self.healthy:
             log.warning("bus: %s cannot be reached (%s)", self._where(), exc)
         self.healthy = False
