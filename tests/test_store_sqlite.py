@@ -261,6 +261,24 @@ async def test_find_returns_matching_statuses_of_every_owner_in_insert_order(
     assert await within(store.find(Kind.RUN, ["expired"])) == []
 
 
+async def test_find_of_one_job_is_its_record_and_those_of_its_run(store: SqliteStore) -> None:
+    def step(object_id: str, run_id: str, status: str) -> Record:
+        body = {"id": object_id, "run_id": run_id}
+        return Record(Kind.STEP, object_id, body, run_id=run_id, status=status, owner="bob")
+
+    await within(store.put(
+        Record(Kind.RUN, "run_1", {"id": "run_1"}, status="in_progress", owner="bob"),
+        Record(Kind.RUN, "run_2", {"id": "run_2"}, status="in_progress"),
+        step("step_1", "run_1", "in_progress"), step("step_2", "run_2", "in_progress"),
+        step("step_3", "run_1", "completed"),
+    ))  # fmt: skip
+    runs = await within(store.find(Kind.RUN, ["in_progress"], job="run_1"))
+    assert [b["id"] for b in runs] == ["run_1"]
+    steps = await within(store.find(Kind.STEP, ["in_progress"], job="run_1"))
+    assert [b["id"] for b in steps] == ["step_1"]
+    assert await within(store.find(Kind.STEP, ["in_progress"], job="run_9")) == []
+
+
 # Pagination against a model
 
 

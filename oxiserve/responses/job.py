@@ -49,8 +49,7 @@ async def fail_unfinished(
     store: Store, message: str, only: str | None = None
 ) -> list[dict[str, Any]]:
     """Fail the stored unfinished responses (or only ``only``) with ``message``."""
-    unfinished = await store.find(Kind.RESPONSE, UNFINISHED, limit=1_000_000)
-    unfinished = [r for r in unfinished if only is None or r["id"] == only]
+    unfinished = list(await store.find(Kind.RESPONSE, UNFINISHED, limit=1_000_000, job=only))
     for response in unfinished:
         response.update(status="failed", error={"code": "server_error", "message": message})
         for item in response.get("output") or []:

@@ -210,18 +210,18 @@ class Runs:
         with ``message``; the runs as stored now."""
         store, stamp = self._ctx.store, objects.now()
         error = {"code": "server_error", "message": message}
-        runs = await store.find(Kind.RUN, [str(s) for s in ACTIVE], limit=1_000_000)
-        runs = [run for run in runs if only is None or run["id"] == only]
+        runs = list(await store.find(Kind.RUN, [str(s) for s in ACTIVE], limit=1_000_000, job=only))
         ids = {run["id"] for run in runs}
         records: list[Record] = []
         for run in runs:
             run.update(status="failed", failed_at=stamp, last_error=error, required_action=None)
             records.append(run_record(run, ""))  # an update keeps the owner
-        for step in await store.find(Kind.STEP, ["in_progress"], limit=1_000_000):
+        for step in await store.find(Kind.STEP, ["in_progress"], limit=1_000_000, job=only):
             if step.get("run_id") in ids:
                 step.update(status="failed", failed_at=stamp, last_error=error)
                 records.append(step_record(step, ""))
-        for message_ in await store.find(Kind.MESSAGE, ["in_progress"], limit=1_000_000):
+        for message_ in await store.find(Kind.MESSAGE, ["in_progress"], limit=1_000_000,
+                                         job=only):  # fmt: skip
             if message_.get("run_id") in ids:
                 message_.update(status="incomplete", incomplete_at=stamp,
                                 incomplete_details={"reason": "run_failed"})  # fmt: skip

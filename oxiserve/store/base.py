@@ -104,10 +104,11 @@ class Store(Protocol):
         ...
 
     async def find(
-        self, kind: Kind, statuses: Collection[str], *, limit: int = 1000
+        self, kind: Kind, statuses: Collection[str], *, limit: int = 1000, job: str | None = None
     ) -> Sequence[dict[str, Any]]:
         """Bodies of records of ``kind`` whose status is one of ``statuses`` (any owner), in
-        insert order, at most ``limit``: restart recovery's query."""
+        insert order, at most ``limit``: restart recovery's query.  ``job``: only the record
+        of that id and those whose run is it (one run or response being failed)."""
         ...
 
     async def close(self) -> None:

@@ -148,7 +148,7 @@ class PostgresStore:
         return cast(Page, await self._run(page))
 
     async def find(
-        self, kind: Kind, statuses: Collection[str], *, limit: int = 1000
+        self, kind: Kind, statuses: Collection[str], *, limit: int = 1000, job: str | None = None
     ) -> Sequence[Body]:
         check_limit(limit)
         wanted = [*statuses]
@@ -156,9 +156,12 @@ class PostgresStore:
             return []
 
         async def find(conn: Any) -> list[Body]:
-            sql = ("SELECT body FROM objects WHERE kind = %s AND status = ANY(%s) "
+            of_job, args = (
+                ("", ()) if job is None else (" AND (id = %s OR run_id = %s)", (job,) * 2)
+            )
+            sql = (f"SELECT body FROM objects WHERE kind = %s AND status = ANY(%s){of_job} "
                    "ORDER BY seq LIMIT %s")  # fmt: skip
-            rows = await (await conn.execute(sql, (kind, wanted, limit))).fetchall()
+            rows = await (await conn.execute(sql, (kind, wanted, *args, limit))).fetchall()
             return [_body(body) for (body,) in rows]
 
         return cast(list[Body], await self._run(find))

@@ -311,7 +311,7 @@ class SqliteStore:
         return await self._call(_read_page(query), writes=False)
 
     async def find(
-        self, kind: Kind, statuses: Collection[str], *, limit: int = 1000
+        self, kind: Kind, statuses: Collection[str], *, limit: int = 1000, job: str | None = None
     ) -> Sequence[Body]:
         check_limit(limit)
         wanted = [*statuses]
@@ -320,8 +320,9 @@ class SqliteStore:
 
         def find(conn: sqlite3.Connection) -> list[Body]:
             marks = ", ".join("?" * len(wanted))
-            sql = f"SELECT body FROM objects WHERE kind = ? AND status IN ({marks}) ORDER BY seq"
-            rows = conn.execute(f"{sql} LIMIT ?", [kind, *wanted, limit])
+            of_job, args = ("", []) if job is None else (" AND (id = ? OR run_id = ?)", [job] * 2)
+            sql = f"SELECT body FROM objects WHERE kind = ? AND status IN ({marks}){of_job}"
+            rows = conn.execute(f"{sql} ORDER BY seq LIMIT ?", [kind, *wanted, *args, limit])
             return [orjson.loads(body) for (body,) in rows]
 
         return await self._call(find, writes=False)
