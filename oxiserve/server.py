@@ -94,6 +94,7 @@ def _bus_jobs(bus: RedisBus, runs: Runs, store: Store) -> None:
     """What the bus does with the jobs of a replica that died: fail them, in the store."""
     bus.on_expired("run", runs.lost)
     bus.on_expired("response", functools.partial(responses.lost, store))
+    bus.on_lost("run", runs.abandon)
 
     async def unfinished() -> list[tuple[str, str, float]]:
         return [*await runs.unfinished(), *await responses.unfinished(store)]

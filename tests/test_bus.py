@@ -313,3 +313,32 @@ async def test_a_refused_command_is_not_an_outage(buses: tuple[RedisBus, RedisBu
     assert followed is not None
     await until(lambda: followed.topic.closed)
     assert followed.topic.text(0) == "one two"
+
+
+async def test_an_owner_that_stalled_past_its_lease_stops_the_job_a_wiped_lease_is_retaken(
+    buses: tuple[RedisBus, RedisBus],
+) -> None:
+    a, b = buses
+    lost: list[str] = []
+    failed: list[str] = []
+
+    async def stop(job_id: str) -> None:
+        lost.append(job_id)
+
+    async def fail(job_id: str, seq: int) -> list[bytes]:
+        failed.append(job_id)
+        return []
+
+    a.on_lost("run", stop)
+    b.on_expired("run", fail)
+    await a.lease("run", "run_kept")
+    await a.lease("run", "run_stalled")
+    await a._client.zrem("oxi:leases", "run:run_kept")  # as a Redis that lost its data
+    renewing = a._tasks[2]  # the lease loop: a stalled owner renews nothing
+    assert renewing.get_coro().__name__ == "_lease_loop"  # type: ignore[union-attr]
+    renewing.cancel()
+    await until(lambda: "run_stalled" in failed, timeout=15)
+    await a._renew()  # the owner wakes up
+    assert lost == ["run_stalled"]
+    assert "run:run_kept" in a._leases  # no tombstone: taken again, not given up
+    assert await a._client.zscore("oxi:leases", "run:run_kept") is not None

@@ -38,6 +38,7 @@ from oxiserve.bus.mirror import MOVED, KeyId, Layout, Mirror, prefix
 log = logging.getLogger("oxiserve.bus")
 
 LEASES = "oxi:leases"
+REAPED = "oxi:reaped:"  # + member: a tombstone, so a stalled owner knows it lost the job
 OWNERS = "oxi:owners"
 ALIVE_TTL_MS = 3_600_000  # a running job's keys outlive a replica that died by an hour at most
 READ_BLOCK_MS = 50
@@ -125,6 +126,7 @@ class RedisBus:
         self._following: dict[str, asyncio.Task[Follower | None]] = {}  # being rebuilt
         self._watches: set[asyncio.Task[None]] = set()  # each mirror's wait for its end
         self._expired: dict[str, Expired] = {}  # by kind
+        self._lost: dict[str, Callable[[str], Coroutine[Any, Any, None]]] = {}  # by kind
         self._handlers: dict[str, Handler] = {}
         self._broadcasts: dict[str, Callable[[dict[str, Any]], None]] = {}
         self._subscribed: set[str] = set()  # broadcast channels the listener has joined
@@ -177,6 +179,11 @@ class RedisBus:
         """``handler`` fails a job of ``kind`` whose owner's lease expired (store first), and
         gives the frames that end its stream for remote readers."""
         self._expired[kind] = handler
+
+    def on_lost(self, kind: str, handler: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+        """``handler`` stops a job of ``kind`` this replica runs whose lease another replica
+        reaped (this one stalled for longer than a lease): it must end as that one stored."""
+        self._lost[kind] = handler
 
     def on_unfinished(self, finder: Unfinished) -> None:
         """``finder`` lists the store's unfinished jobs, for the sweep of lease-less ones."""
@@ -473,12 +480,33 @@ class RedisBus:
         # their leases lapsed (a renewal that came late).
         await self._client.set(f"oxi:alive:{self.replica}", b"1",
                                px=int(self.lease_timeout * 1000))  # fmt: skip
+        if not self._leases:
+            return
+        members = list(self._leases)
+        scores = await self._client.zmscore(LEASES, members)
+        gone = [m for m, score in zip(members, scores, strict=True) if score is None]
+        if gone:  # reaped by another replica (a tombstone says so), or Redis lost them
+            reaped = await self._client.mget([f"{REAPED}{m}" for m in gone])
+            for member, tomb in zip(gone, reaped, strict=True):
+                if tomb is not None:
+                    self._abandon(member)
         if self._leases:
             until = time.time() + self.lease_timeout
             pipe = self._client.pipeline(transaction=False)
             pipe.zadd(LEASES, dict.fromkeys(self._leases, until))
             pipe.hset(OWNERS, mapping=dict.fromkeys(self._leases, self.replica))
             await pipe.execute()
+
+    def _abandon(self, member: str) -> None:
+        self._leases.discard(member)
+        kind, _, job_id = member.partition(":")
+        handler = self._lost.get(kind)
+        log.warning("bus: %s %s was failed by another replica (this one stalled for longer "
+                    "than its lease): it stops here", kind, job_id)  # fmt: skip
+        if handler is not None:
+            stopping = asyncio.get_running_loop().create_task(handler(job_id))
+            self._watches.add(stopping)
+            stopping.add_done_callback(self._watches.discard)
 
     async def _reap(self) -> None:
         if time.monotonic() < self._reap_after:
@@ -490,6 +518,8 @@ class RedisBus:
                 continue  # its replica lives: its next renewal comes
             if await self._client.zrem(LEASES, member):  # this replica fails it, no other
                 await self._client.hdel(OWNERS, member)
+                # its owner, if it only stalled, learns at its next renewal that it is failed
+                await self._client.set(f"{REAPED}{member.decode()}", b"1", px=3_600_000)
                 await self._fail(member.decode())
 
     async def _sweep(self) -> None:

@@ -120,6 +120,7 @@ class ResponseJob:
         self.error: EngineError | None = None
         self._stream: TokenStream | None = None
         self._cancelled = False
+        self._abandoned = False  # another replica failed it: it ends failed here too
         self.deleted = False  # deleted while generating: nothing is stored any more
         self._pieces: list[str] = []
 
@@ -131,6 +132,13 @@ class ResponseJob:
         self._cancelled = True
         if self._stream is not None:
             await self._stream.aclose()
+
+    async def abandon(self) -> None:
+        """Another replica failed this response (its lease lapsed while this one stalled):
+        stop, and end as failed with the same error, so both say the same."""
+        self._abandoned = True
+        self.response["error"] = {"code": "server_error", "message": LEASE_LOST}
+        await self.cancel()
 
     async def run(self) -> None:
         response = self.response
@@ -226,7 +234,7 @@ class ResponseJob:
             return
         if self._pieces and not response["output"]:
             self._close_message("incomplete")
-        if self._cancelled:
+        if self._cancelled and not self._abandoned:
             response["status"] = "cancelled"
         elif response["error"] is not None:
             response["status"] = "failed"

@@ -238,6 +238,15 @@ class Runs:
             return []
         return [objects.event("thread.run.failed", failed[0]), sse.EVENT_DONE]
 
+    async def abandon(self, run_id: str) -> None:
+        """Another replica failed this run (its lease lapsed while this one was stalled):
+        stop it here as failed too, so both say the same."""
+        active = self._active.get(run_id)
+        if active is None or active.stop_as is not None:
+            return
+        active.run["last_error"] = {"code": "server_error", "message": LEASE_LOST}
+        await self._stop(active, RunStatus.FAILED)
+
     async def unfinished(self) -> list[tuple[str, str, float]]:
         """The stored unfinished runs, for the bus's sweep: (kind, id, created_at)."""
         runs = await self._ctx.store.find(Kind.RUN, [str(s) for s in ACTIVE], limit=100_000)
@@ -287,14 +296,14 @@ class Runs:
         """A run waiting for tool outputs (no leg running) ends here."""
         run, step, stamp = active.run, active.tool_step, objects.now()
         records: list[Record] = []
+        status = _STEP_ENDS[target]
         if step is not None:
-            status = "cancelled" if target is RunStatus.CANCELLED else "expired"
             step["status"] = status
             step[f"{status}_at"] = stamp
             records.append(step_record(step, active.owner))
         run["status"] = advance(active.status, target)
         run["required_action"] = None
-        run["cancelled_at" if target is RunStatus.CANCELLED else "expires_at"] = stamp
+        run[_RUN_STAMPS[target]] = stamp
         await self._ctx.store.put(*records, run_record(run, active.owner))
         self._forget(active)
 
@@ -335,6 +344,13 @@ class Runs:
             timer.cancel()
         if self._bus is not None:
             self._bus.release("run", run_id)
+
+
+# How a stopped run's step ends, and the run's field that says when.
+_STEP_ENDS = {RunStatus.CANCELLED: "cancelled", RunStatus.EXPIRED: "expired",
+              RunStatus.FAILED: "failed"}  # fmt: skip
+_RUN_STAMPS = {RunStatus.CANCELLED: "cancelled_at", RunStatus.EXPIRED: "expires_at",
+               RunStatus.FAILED: "failed_at"}  # fmt: skip
 
 
 def _status_of(active: ActiveRun | None) -> str:

@@ -337,14 +337,17 @@ class RunLeg:
         """End as cancel or expiry asked: the partial message is kept, incomplete."""
         active = self._active
         target = active.stop_as or RunStatus.CANCELLED
-        reason = "run_cancelled" if target is RunStatus.CANCELLED else "run_expired"
+        reason = {RunStatus.CANCELLED: "run_cancelled", RunStatus.FAILED: "run_failed"}.get(
+            target, "run_expired"
+        )
         records: list[Record] = []
         event = ""
         if self._message is not None:
             records = self._close_message("incomplete", reason)
             event = "incomplete"
         if self._step is not None:
-            self._finish_step("cancelled" if target is RunStatus.CANCELLED else "expired", None)
+            ends = {RunStatus.CANCELLED: "cancelled", RunStatus.FAILED: "failed"}
+            self._finish_step(ends.get(target, "expired"), None)
             records.append(self._step_record(self._step))
         if active.status is RunStatus.QUEUED and target is RunStatus.CANCELLED:
             pass  # queued -> cancelled directly

@@ -341,8 +341,14 @@ def serve_owner_calls(state: AppState, bus: RedisBus) -> None:
             await live.cancel()
         return {}
 
+    async def abandon(response_id: str) -> None:
+        live = _live(state, response_id)
+        if live is not None:
+            await live.abandon()
+
     bus.handle("cancel_response", cancel)
     bus.handle("delete_response", delete)
+    bus.on_lost("response", abandon)
 
 
 async def list_input_items(state: AppState, request: Request) -> Response:
