@@ -135,6 +135,7 @@ class RedisBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._flushing = False
         self._closed = False
+        self._stopped = False  # the loops end (close: after the last flush)
         self._flushed = asyncio.Event()  # set after each flush
 
     # --- life --------------------------------------------------------------------------------
@@ -161,15 +162,18 @@ class RedisBus:
             self._wake.set()
             await self.sync(2.0)
         if self.healthy:
-            with contextlib.suppress(OSError, self._redis.RedisError):
-                await self._client.delete(f"oxi:alive:{self.replica}")
+            with contextlib.suppress(OSError, TimeoutError, self._redis.RedisError):
+                await asyncio.wait_for(self._client.delete(f"oxi:alive:{self.replica}"), 2.0)
+        self._stopped = True
         stopping = [*self._tasks, *self._watches, *self._following.values()]
         for task in stopping:
             task.cancel()
-        for task in stopping:
-            with contextlib.suppress(BaseException):
-                await task
-        await self._client.aclose(close_connection_pool=True)
+        if stopping:  # bounded: a client call that does not give way to a cancel stops no close
+            _, stuck = await asyncio.wait(stopping, timeout=2.0)
+            for task in stuck:
+                log.warning("bus: a task did not stop: %r", task)
+        with contextlib.suppress(OSError, TimeoutError, self._redis.RedisError):
+            await asyncio.wait_for(self._client.aclose(close_connection_pool=True), 2.0)
 
     def _where(self) -> str:
         kwargs = self._client.connection_pool.connection_kwargs
@@ -255,7 +259,7 @@ class RedisBus:
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopped:  # (a cancel that a client call swallows still ends it)
             await self._wake.wait()
             started = loop.time()
             self._wake.clear()
@@ -357,7 +361,7 @@ class RedisBus:
         return made
 
     async def _read_loop(self) -> None:
-        while True:
+        while not self._stopped:
             if not self._remotes or not self.healthy:
                 self._remotes_changed.clear()
                 with contextlib.suppress(TimeoutError):
@@ -438,7 +442,7 @@ class RedisBus:
         tick = min(0.5, self.lease_timeout / 3)
         renew_every = max(1, int(self.lease_timeout / 3 / tick))
         count = 0
-        while True:
+        while not self._stopped:
             await asyncio.sleep(tick * random.uniform(0.9, 1.1))
             count += 1
             try:
@@ -447,8 +451,9 @@ class RedisBus:
                 self._down(exc)
                 continue
             if not self.healthy:
-                # connections that predate the outage would each fail once more
-                await self._client.connection_pool.disconnect()
+                # idle connections that predate the outage would each fail once more (the
+                # ones in use, the listener's and the reader's, are being made again)
+                await self._client.connection_pool.disconnect(inuse_connections=False)
                 self._recovered()
                 count = renew_every  # renew at once
             if count % renew_every:
@@ -609,12 +614,12 @@ class RedisBus:
 
     async def _listen_loop(self) -> None:
         channel = f"oxi:replica:{self.replica}"
-        while True:
+        while not self._stopped:
             pubsub = self._client.pubsub()
             try:
                 self._subscribed = set()
                 await pubsub.subscribe(channel)
-                while True:
+                while not self._stopped:
                     joining = set(self._broadcasts) - self._subscribed
                     if joining:
                         await pubsub.subscribe(*joining)
