@@ -5,7 +5,7 @@ everything stays in one process, as before.
 
 The parts: ``entries`` (the layout in Redis and its snapshot), ``mirror`` (the owner's side of
 one topic), ``followers`` (another replica's topic rebuilt here), ``redis_bus`` (the client,
-its tasks and the leases).
+its tasks and the leases), ``limits`` (rate limits shared by every replica).
 """
 
 from oxiserve.bus.redis_bus import BusDown, NotOwned, OwnerUnreachable, RedisBus
