@@ -297,13 +297,18 @@ def run_on_mock_clock(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return runner.run(main())
 
 
-@pytest.fixture(scope="session")
-def private_postgres() -> Iterator[PrivatePostgres]:
-    why = postgres_unavailable()
+def _service_here(why: str | None, tests: str) -> None:
+    """A private service the tests start cannot run here (``why``): in CI that fails, on
+    another machine those tests skip with the reason."""
     if why is not None:
         if os.environ.get("CI"):
-            pytest.fail(f"CI must run the PostgreSQL store tests: {why}")
+            pytest.fail(f"CI must run the {tests}: {why}")
         pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    _service_here(postgres_unavailable(), "PostgreSQL store tests")
     server = PrivatePostgres()
     try:
         server.start()
@@ -314,11 +319,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 @pytest.fixture(scope="session")
 def private_redis() -> Iterator[PrivateRedis]:
-    why = redis_unavailable()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Redis bus tests: {why}")
-        pytest.skip(why)
+    _service_here(redis_unavailable(), "Redis bus tests")
     server = PrivateRedis()
     try:
         server.start()

@@ -41,6 +41,13 @@ def run_topic(capacity: int) -> Topic:
     return Topic(capacity, lambda key, text: run_objects.message_delta(f"msg_{key}", text))
 
 
+def mirrored(bus: RedisBus, job_id: str, capacity: int = 64) -> Topic:
+    """A run's topic (its deltas name message ``msg_<key>``), mirrored by ``bus``."""
+    topic = run_topic(capacity)
+    bus.mirror(job_id, "run", topic, lambda key: f"msg_{key}", retention=5)
+    return topic
+
+
 async def drain(topic: Topic, cursor: int = 0, delivered: dict[int, int] | None = None) -> bytes:
     sub = topic.subscribe(cursor, delivered)
     out: list[bytes] = []
@@ -56,8 +63,7 @@ async def test_a_followed_topic_is_the_owners_frame_for_frame(
     buses: tuple[RedisBus, RedisBus],
 ) -> None:
     a, b = buses
-    topic = run_topic(64)
-    a.mirror("run_1", "run", topic, lambda key: f"msg_{key}", retention=5)
+    topic = mirrored(a, "run_1")
     topic.publish(b"event: created\n\n")
     for i in range(20):
         topic.publish_text(f"t{i} ")
@@ -136,8 +142,7 @@ async def test_an_expired_lease_is_failed_by_the_other_bus_once(
 
     a.on_expired("run", fail_a)
     b.on_expired("run", fail_b)
-    topic = run_topic(8)
-    a.mirror("run_9", "run", topic, lambda key: f"msg_{key}", retention=5)
+    topic = mirrored(a, "run_9", 8)
     topic.publish(b"event: created\n\n")
     await a.lease("run", "run_9")
     await asyncio.sleep(1.5)
@@ -157,8 +162,7 @@ async def test_readers_following_at_once_share_one_rebuilt_topic(
     buses: tuple[RedisBus, RedisBus],
 ) -> None:
     a, b = buses
-    topic = run_topic(64)
-    a.mirror("run_2", "run", topic, lambda key: f"msg_{key}", retention=5)
+    topic = mirrored(a, "run_2")
     topic.publish(b"event: created\n\n")
     await a.sync()
     followed = await asyncio.gather(*(b.follow("run_2", 64) for _ in range(50)))
@@ -176,8 +180,7 @@ async def test_every_key_of_a_mirror_expires_and_an_ended_one_within_its_retenti
 ) -> None:
     a, _ = buses
     client = a._client
-    topic = run_topic(64)
-    a.mirror("run_3", "run", topic, lambda key: f"msg_{key}", retention=5)
+    topic = mirrored(a, "run_3")
     topic.publish(b"event: created\n\n")
     for i in range(30):
         topic.publish_text(f"t{i} ", key=i % 2)
@@ -201,9 +204,8 @@ async def test_a_flush_interval_batches_more_tokens_per_entry(private_redis: Pri
         bus = RedisBus(url, lease_timeout=1.0, flush_interval=interval)
         await bus.start()
         try:
-            topic = run_topic(1024)
             job = f"run_i{int(interval * 1000)}"
-            bus.mirror(job, "run", topic, lambda key: f"msg_{key}", retention=5)
+            topic = mirrored(bus, job, 1024)
             for i in range(60):  # a token every 10 ms for 0.6 s
                 topic.publish_text(f"t{i} ")
                 await asyncio.sleep(0.01)
@@ -223,8 +225,7 @@ async def test_a_generation_written_again_stops_its_readers_and_the_new_one_is_w
     """After a failed flush the owner writes the job again as a new generation: readers of
     the old one end (with an error event: they re-attach) and a new reader gets it all."""
     a, b = buses
-    topic = run_topic(64)
-    a.mirror("run_4", "run", topic, lambda key: f"msg_{key}", retention=5)
+    topic = mirrored(a, "run_4")
     topic.publish(b"event: created\n\n")
     topic.publish_text("before ")
     await a.sync()
@@ -256,8 +257,7 @@ async def test_what_others_write_into_redis_stops_no_loop(buses: tuple[RedisBus,
     for junk in (b"not json", b"[1, 2]", b'{"op": 3}', b'{"reply": 1, "call": "x"}'):
         await b._client.publish(f"oxi:replica:{a.replica}", junk)
     assert await b.call("run", "run_5", "echo", {}) == {"echo": "run_5"}  # a still listens
-    topic = run_topic(64)
-    a.mirror("run_6", "run", topic, lambda key: f"msg_{key}", retention=5)
+    topic = mirrored(a, "run_6")
     topic.publish(b"event: created\n\n")
     await a.sync()
     spoiled = await b.follow("run_6", 64)
@@ -265,8 +265,7 @@ async def test_what_others_write_into_redis_stops_no_loop(buses: tuple[RedisBus,
     gen = (await a._client.get("oxi:{run_6}:g")).decode()
     await a._client.xadd(f"oxi:{{run_6}}:{gen}:s", {b"tjunk": b"x"}, id="100-0")
     await until(lambda: spoiled.topic.closed)  # its readers re-attach
-    other = run_topic(64)
-    a.mirror("run_7", "run", other, lambda key: f"msg_{key}", retention=5)
+    other = mirrored(a, "run_7")
     await a.sync()
     fine = await b.follow("run_7", 64)
     assert fine is not None
@@ -298,8 +297,7 @@ async def test_a_refused_command_is_not_an_outage(buses: tuple[RedisBus, RedisBu
     with pytest.raises(BusDown):  # this call fails ...
         await b.follow("run_10", 64)
     assert b.healthy  # ... and only it
-    topic = run_topic(64)
-    a.mirror("run_11", "run", topic, lambda key: f"msg_{key}", retention=5)
+    topic = mirrored(a, "run_11")
     topic.publish_text("one ")
     await a.sync()
     gen = (await a._client.get("oxi:{run_11}:g")).decode()

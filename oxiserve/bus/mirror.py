@@ -140,11 +140,10 @@ class Mirror:
         replica's keys go), all of them again every ``REFRESH`` seconds, and the retention's
         at the end; a flush in between adds no command for it."""
         now = time.monotonic()
-        every = [self.keys(name) for name in "shc"]
-        every += [self.keys(f"{kind}{key}") for key in self._known for kind in "tl"]
         if ends or now >= self._refresh_at:
             ttl = int(self._retention * 1000) if ends else alive_ttl_ms
-            names = every
+            names = [self.keys(name) for name in "shc"]
+            names += [self.keys(f"{kind}{key}") for key in self._known for kind in "tl"]
             self._refresh_at = now + REFRESH
             pipe.set(f"{prefix(self.job_id)}g", self.gen, px=ttl)
         else:
